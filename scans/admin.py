@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from scans.models import Result, Scan
+
+
+class ResultInline(admin.TabularInline):
+    model = Result
+    fields = (
+        "position",
+        "url",
+        "state",
+        "http_status",
+        "size",
+        "wire_size",
+        "ttfb_ms",
+        "elapsed_ms",
+        "final_url",
+        "error",
+        "error_message",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Scan)
+class ScanAdmin(admin.ModelAdmin):
+    list_display = (
+        "created",
+        "owner_name",
+        "status",
+        "total",
+        "done",
+        "total_bytes",
+        "duration",
+        "live_page",
+    )
+    list_filter = ("status", "created")
+    date_hierarchy = "created"
+    search_fields = ("results__url",)
+    readonly_fields = (
+        "id",
+        "owner",
+        "visitor_key",
+        "status",
+        "concurrency",
+        "timeout_s",
+        "total",
+        "done",
+        "total_bytes",
+        "sum_ms",
+        "created",
+        "started",
+        "finished",
+        "live_page",
+    )
+    exclude = ("seq",)
+    inlines = [ResultInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("owner")
+
+    @admin.display(description="owner")
+    def owner_name(self, scan: Scan) -> str:
+        return scan.owner.get_username() if scan.owner else "anonymous visitor"
+
+    @admin.display(description="duration")
+    def duration(self, scan: Scan) -> str:
+        return f"{scan.wall_ms / 1000:.2f} s" if scan.wall_ms is not None else "-"
+
+    @admin.display(description="live page")
+    def live_page(self, scan: Scan) -> str:
+        return format_html('<a href="{}">open</a>', reverse("scans:detail", args=[scan.id]))
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def get_search_results(self, request, queryset, search_term):
+        queryset, _ = super().get_search_results(request, queryset, search_term)
+        return queryset.distinct(), False

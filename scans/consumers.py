@@ -1,0 +1,71 @@
+"""The live page's socket, and the worker's end of the "scan-jobs" channel."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from scans.models import Scan
+from scans.runner import get_runner, group_name
+from scans.snapshots import snapshot
+
+BAD_MESSAGE = 4400
+
+
+class ScanConsumer(AsyncJsonWebsocketConsumer):
+    """Sends a snapshot on connect (and on request), then relays progress."""
+
+    group: str | None = None
+
+    async def connect(self) -> None:
+        self.scan_id = self.scope["url_route"]["kwargs"]["scan_id"]
+        if not await self.may_see_scan():
+            await self.close()
+            return
+        self.group = group_name(self.scan_id)
+        # Join before the snapshot is read, so nothing falls between the two.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_snapshot()
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            content = json.loads(text_data or "")
+        except ValueError:
+            content = None
+        if isinstance(content, dict) and content.get("type") == "snapshot":
+            await self.send_snapshot()
+        else:
+            await self.close(code=BAD_MESSAGE)
+
+    async def scan_progress(self, event: dict) -> None:
+        await self.send_json({**event, "type": "progress"})
+
+    async def send_snapshot(self) -> None:
+        await self.send_json({"type": "snapshot", **await self.read_snapshot()})
+
+    @database_sync_to_async
+    def read_snapshot(self) -> dict:
+        return snapshot(self.scan_id)
+
+    @database_sync_to_async
+    def may_see_scan(self) -> bool:
+        scan = Scan.objects.filter(pk=self.scan_id).first()
+        session = self.scope.get("session")
+        key = session.get("visitor_key") if session is not None else None
+        return scan is not None and scan.owned_by(self.scope.get("user"), key)
+
+
+class ScanJobConsumer(AsyncConsumer):
+    """Receives "scan.start" wake-ups; each scan then runs as its own task."""
+
+    async def scan_start(self, message: dict) -> None:
+        get_runner().start(uuid.UUID(message["scan_id"]))

@@ -1,0 +1,347 @@
+"""Fetch URLs concurrently and measure each one: the Django-free core.
+
+One ``Fetcher`` owns one aiohttp ``ClientSession`` for a whole process. Every
+fetch streams its body in chunks and counts them (the body is never held
+whole), follows redirects itself so each hop is checked again, and ends as a
+``Fetched`` record: either the answer's metrics or one error class.
+
+The SSRF guard sits where connections are opened: the resolver drops blocked
+answers and the socket factory refuses blocked addresses, so IP-literal URLs
+(which skip the resolver) are caught too and the address checked is the
+address connected to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+from scans.addresses import Network, why_blocked
+
+ERROR_KINDS = (
+    "dns",
+    "connect",
+    "timeout",
+    "tls",
+    "too_large",
+    "too_many_redirects",
+    "blocked",
+    "cancelled",
+    "other",
+)
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+USER_AGENT = "scraperproj/1.0 (+https://github.com/scraperproj)"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one fetch may cost, and where it may go."""
+
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    max_bytes: int = 10 * 1024 * 1024
+    max_redirects: int = 10
+    per_host: int = 10
+    max_open: int = 500
+    allowed_networks: tuple[Network, ...] = ()
+    allowed_ports: frozenset[int] | None = frozenset({80, 443})
+    dns_cache_s: int = 10
+
+
+@dataclass
+class Fetched:
+    """What one fetch found: the metrics of the answer, or an error class."""
+
+    url: str
+    http_status: int | None = None
+    size: int | None = None
+    wire_size: int | None = None
+    content_type: str = ""
+    ttfb_ms: float | None = None
+    elapsed_ms: float | None = None
+    start_ms: float | None = None
+    final_url: str = ""
+    redirects: int = 0
+    error: str | None = None
+    error_message: str = ""
+    finished_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class FetchError(Exception):
+    """A fetch that ended in one of our own error classes."""
+
+    kind = "other"
+
+
+class TooLarge(FetchError):
+    kind = "too_large"
+
+
+class TooManyRedirects(FetchError):
+    kind = "too_many_redirects"
+
+
+class BlockedURL(FetchError):
+    kind = "blocked"
+
+
+class BlockedAddress(OSError):
+    """Raised where a connection would be opened to a blocked address.
+
+    An OSError so that aiohttp carries it through its connection machinery.
+    """
+
+
+def why_url_refused(url: str, allowed_ports: frozenset[int] | None) -> str | None:
+    """None when ``url`` may be fetched; otherwise why not, in a few words."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.scheme not in ("http", "https"):
+        return "only http:// and https:// URLs can be scanned"
+    if not parts.hostname:
+        return "the URL has no host"
+    if parts.username is not None or parts.password is not None:
+        return "URLs with a user name or password are not allowed"
+    port = port or (443 if parts.scheme == "https" else 80)
+    if allowed_ports is not None and port not in allowed_ports:
+        allowed = ", ".join(str(p) for p in sorted(allowed_ports))
+        return f"port {port} is not allowed (allowed: {allowed})"
+    return None
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves through ``inner`` and keeps only the answers we may connect to."""
+
+    def __init__(self, allowed: Sequence[Network], inner: AbstractResolver | None = None):
+        self._allowed = tuple(allowed)
+        self._inner = inner or ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        verdicts = [(a, why_blocked(a["host"], self._allowed)) for a in answers]
+        kept = [a for a, reason in verdicts if reason is None]
+        if not kept:
+            reason = verdicts[0][1] if verdicts else "no addresses"
+            raise BlockedAddress(f"{host} resolves to a blocked address: {reason}")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class _BodyCounter:
+    """Counts wire and decoded body bytes, decoding gzip/deflate in bounded steps."""
+
+    def __init__(self, encoding: str, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.wire_size = 0
+        self.size = 0
+        encoding = encoding.strip().lower()
+        self._decoder = None
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+        self._first = True
+
+    def feed(self, chunk: bytes) -> None:
+        self.wire_size += len(chunk)
+        if self.wire_size > self.max_bytes:
+            raise TooLarge(f"more than {self.max_bytes} bytes received")
+        if self._decoder is None:
+            self._count(len(chunk))
+            return
+        if self._first and self._decoder and chunk:
+            self._first = False
+            self._maybe_raw_deflate(chunk)
+        self._decode(chunk)
+
+    def _maybe_raw_deflate(self, chunk: bytes) -> None:
+        # Some servers send raw deflate without the zlib header.
+        if self._decoder is not None and chunk[0] & 0x0F != 8 and not chunk.startswith(b"\x1f\x8b"):
+            self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            while data:
+                out = self._decoder.decompress(data, CHUNK_BYTES)
+                self._count(len(out))
+                data = self._decoder.unconsumed_tail
+        except zlib.error as e:
+            raise FetchError(f"the compressed body could not be decoded ({e})") from e
+
+    def _count(self, n: int) -> None:
+        self.size += n
+        if self.size > self.max_bytes:
+            raise TooLarge(f"body decodes to more than {self.max_bytes} bytes")
+
+    def finish(self) -> None:
+        if self._decoder is not None:
+            self._count(len(self._decoder.flush(CHUNK_BYTES)))
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "os_error", None)]
+    return seen
+
+
+def classify(exc: BaseException, limits: Limits) -> tuple[str, str]:
+    """Maps an exception from a fetch to (error class, message for people)."""
+    for e in _chain(exc):
+        if isinstance(e, BlockedAddress):
+            return "blocked", str(e)
+    if isinstance(exc, FetchError):
+        return exc.kind, str(exc)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "timeout", f"could not connect within {limits.connect_timeout_s:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns", f"could not resolve {exc.host}"
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+        return "tls", f"TLS failed: {exc}"
+    if isinstance(exc, ssl.SSLError):
+        return "tls", f"TLS failed: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return (
+            "connect",
+            f"could not connect to {exc.host}:{exc.port} ({exc.strerror or exc.os_error})",
+        )
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
+        return "connect", f"the connection was closed or reset ({exc})"
+    return "other", f"{type(exc).__name__}: {exc}"
+
+
+class Fetcher:
+    """One session for many fetches: ``async with Fetcher(limits) as f: await f.fetch(...)``."""
+
+    def __init__(self, limits: Limits, resolver: AbstractResolver | None = None):
+        self.limits = limits
+        self._inner_resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Fetcher:
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_open,
+            limit_per_host=self.limits.per_host,
+            resolver=GuardedResolver(self.limits.allowed_networks, self._inner_resolver),
+            socket_factory=self._open_socket,
+            use_dns_cache=self.limits.dns_cache_s > 0,
+            ttl_dns_cache=self.limits.dns_cache_s or None,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.limits.connect_timeout_s,
+            ),
+            auto_decompress=False,
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open_socket(self, addr_info: tuple) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        reason = why_blocked(sockaddr[0], self.limits.allowed_networks)
+        if reason is not None:
+            raise BlockedAddress(reason)
+        return socket.socket(family, type_, proto)
+
+    async def fetch(self, url: str, scan_start: float, timeout_s: float | None = None) -> Fetched:
+        """Fetches ``url``; ``scan_start`` is the ``time.monotonic()`` the scan began."""
+        timeout_s = timeout_s or self.limits.timeout_s
+        started = time.monotonic()
+        result = Fetched(url=url, start_ms=_ms(started - scan_start))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._follow(url, result, started)
+        except TimeoutError:
+            result.error = "timeout"
+            result.error_message = f"no complete answer within {timeout_s:g} s"
+        except Exception as e:  # noqa: BLE001 - every failure becomes a row's error
+            result.error, result.error_message = classify(e, self.limits)
+        if result.error:
+            result.size = result.wire_size = None
+        result.elapsed_ms = _ms(time.monotonic() - started)
+        result.finished_at = time.time()
+        return result
+
+    async def _follow(self, url: str, result: Fetched, started: float) -> None:
+        assert self._session is not None, "use Fetcher as an async context manager"
+        current = url
+        for _ in range(self.limits.max_redirects + 1):
+            refusal = why_url_refused(current, self.limits.allowed_ports)
+            if refusal is not None:
+                raise BlockedURL(refusal)
+            async with self._session.get(current, allow_redirects=False) as response:
+                location = response.headers.get("Location")
+                if response.status in REDIRECT_STATUSES and location:
+                    current = str(response.url.join(URL(location)))
+                    result.redirects += 1
+                    continue
+                result.ttfb_ms = _ms(time.monotonic() - started)
+                result.http_status = response.status
+                result.content_type = response.headers.get("Content-Type", "")[:200]
+                result.final_url = str(response.url)
+                await self._count_body(response, result)
+                return
+        raise TooManyRedirects(f"more than {self.limits.max_redirects} redirects")
+
+    async def _count_body(self, response: aiohttp.ClientResponse, result: Fetched) -> None:
+        counter = _BodyCounter(response.headers.get("Content-Encoding", ""), self.limits.max_bytes)
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            counter.feed(chunk)
+        counter.finish()
+        result.size, result.wire_size = counter.size, counter.wire_size
+
+
+async def fetch_all(
+    urls: Sequence[str], limits: Limits, concurrency: int
+) -> AsyncIterator[tuple[int, Fetched]]:
+    """Yields (position, result) for each URL the moment its fetch completes."""
+    scan_start = time.monotonic()
+    gate = asyncio.Semaphore(concurrency)
+    async with Fetcher(limits) as fetcher:
+
+        async def one(position: int, url: str) -> tuple[int, Fetched]:
+            async with gate:
+                return position, await fetcher.fetch(url, scan_start)
+
+        for next_done in asyncio.as_completed([one(i, u) for i, u in enumerate(urls)]):
+            yield await next_done

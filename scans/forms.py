@@ -1,0 +1,60 @@
+"""The scan form: a list of URLs, one per line, and how to fetch them."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+
+from scans.fetch import why_url_refused
+
+
+def _line_numbers(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:10])
+    more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
+    return f"line{'s' if len(numbers) > 1 else ''} {shown}{more}"
+
+
+def parse_urls(text: str) -> list[str]:
+    """Non-blank lines, stripped; raises ValidationError naming every bad line."""
+    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
+        raise forms.ValidationError("Enter at least one URL, one per line.")
+    if len(numbered) > settings.SCANS_MAX_URLS:
+        raise forms.ValidationError(
+            f"{len(numbered)} URLs is more than the {settings.SCANS_MAX_URLS} a scan may hold."
+        )
+    refused = [(n, url, why_url_refused(url, settings.SCANS_ALLOWED_PORTS)) for n, url in numbered]
+    refused = [(n, url, reason) for n, url, reason in refused if reason]
+    if refused:
+        summary = f"Fix {_line_numbers([n for n, _, _ in refused])} of the list:"
+        raise forms.ValidationError(
+            [summary] + [f"Line {n}: {url[:200]!r}: {reason}." for n, url, reason in refused[:20]]
+        )
+    return [url for _, url in numbered]
+
+
+class ScanForm(forms.Form):
+    urls = forms.CharField(
+        label="URLs, one per line",
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "autofocus": True}),
+        strip=False,
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Built here, not at import, so the limits follow the settings.
+        self.fields["concurrency"] = forms.IntegerField(
+            min_value=1,
+            max_value=settings.SCANS_MAX_CONCURRENCY,
+            initial=settings.SCANS_DEFAULT_CONCURRENCY,
+            help_text="How many URLs are fetched at once.",
+        )
+        self.fields["timeout"] = forms.FloatField(
+            min_value=0.1,
+            max_value=settings.SCANS_MAX_TIMEOUT,
+            initial=settings.SCANS_TIMEOUT,
+            help_text="Seconds each URL may take, from connect to last byte.",
+        )
+
+    def clean_urls(self) -> list[str]:
+        return parse_urls(self.cleaned_data["urls"])

@@ -1,0 +1,90 @@
+"""A scan is a stored job; each submitted URL is one Result row of it."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Scan(models.Model):
+    QUEUED, RUNNING, DONE, CANCELLED = "queued", "running", "done", "cancelled"
+    STATUSES = [(s, s) for s in (QUEUED, RUNNING, DONE, CANCELLED)]
+    ACTIVE = (QUEUED, RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True, related_name="scans"
+    )
+    # An anonymous visitor's key, kept in their session; survives login's key change.
+    visitor_key = models.CharField(max_length=64, blank=True, db_index=True)
+    concurrency = models.PositiveIntegerField()
+    timeout_s = models.FloatField()
+    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED, db_index=True)
+    total = models.PositiveIntegerField()
+    done = models.PositiveIntegerField(default=0)
+    total_bytes = models.BigIntegerField(default=0)
+    sum_ms = models.FloatField(default=0)
+    # Grows by one with every progress message, so a page can see a gap.
+    seq = models.PositiveBigIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"Scan {self.id} ({self.status}, {self.done}/{self.total})"
+
+    @property
+    def wall_ms(self) -> float | None:
+        if self.started and self.finished:
+            return round((self.finished - self.started).total_seconds() * 1000, 1)
+        return None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    def owned_by(self, user, visitor_key: str | None) -> bool:
+        if user is not None and user.is_authenticated:
+            return user.is_staff or self.owner_id == user.id
+        return self.owner_id is None and bool(visitor_key) and visitor_key == self.visitor_key
+
+
+class Result(models.Model):
+    PENDING, OK, ERROR = "pending", "ok", "error"
+    STATES = [(s, s) for s in (PENDING, OK, ERROR)]
+
+    scan = models.ForeignKey(Scan, models.CASCADE, related_name="results")
+    position = models.PositiveIntegerField()
+    url = models.TextField()
+    state = models.CharField(max_length=8, choices=STATES, default=PENDING)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    wire_size = models.BigIntegerField(null=True, blank=True)
+    content_type = models.CharField(max_length=200, blank=True)
+    ttfb_ms = models.FloatField(null=True, blank=True)
+    elapsed_ms = models.FloatField(null=True, blank=True)
+    start_ms = models.FloatField(null=True, blank=True)
+    final_url = models.TextField(blank=True)
+    redirects = models.PositiveSmallIntegerField(default=0)
+    error = models.CharField(max_length=20, null=True, blank=True)  # noqa: DJ001 - null: no error
+    error_message = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The worker fetching this row now, and until when its claim holds.
+    claimed_by = models.CharField(max_length=64, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["scan", "position"], name="one_result_per_position")
+        ]
+        indexes = [models.Index(fields=["scan", "state", "position"])]
+
+    def __str__(self) -> str:
+        return f"{self.position}: {self.url}"

@@ -1,0 +1,241 @@
+"""Runs scans in this process: where the fetcher meets the database and the channel layer.
+
+One ``Runner`` per process (the web process without Redis, or each
+``runworker scan-jobs`` process with it). Each scan runs as its own task, so
+several scans progress at once under one cap on open fetches. A scan's task
+claims pending rows in batches, fetches them, and every FLUSH_S writes what
+finished in one transaction and announces it in one group message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from contextlib import suppress
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from scans import store
+from scans.fetch import Fetched, Fetcher, Limits
+from scans.store import Claimed, ScanPlan
+
+log = logging.getLogger(__name__)
+
+SCAN_JOBS = "scan-jobs"
+FLUSH_S = 0.05
+SWEEP_S = 5.0
+WATCH_S = 0.5
+
+
+def spawn(coro) -> asyncio.Task:
+    """A task in a fresh context: one started while serving a request must not
+    inherit that request's thread-sensitive executor, which dies with it."""
+    return asyncio.create_task(coro, context=contextvars.Context())
+
+
+def group_name(scan_id: uuid.UUID | str) -> str:
+    return f"scan.{scan_id}"
+
+
+def limits_from_settings() -> Limits:
+    return Limits(
+        timeout_s=settings.SCANS_TIMEOUT,
+        connect_timeout_s=settings.SCANS_CONNECT_TIMEOUT,
+        max_bytes=settings.SCANS_MAX_BYTES,
+        max_redirects=settings.SCANS_MAX_REDIRECTS,
+        per_host=settings.SCANS_PER_HOST_LIMIT,
+        max_open=settings.SCANS_WORKER_MAX_FETCHES,
+        allowed_networks=tuple(settings.SCANS_ALLOWED_NETWORKS),
+        allowed_ports=settings.SCANS_ALLOWED_PORTS,
+    )
+
+
+async def announce(scan_id: uuid.UUID | str, message: dict) -> None:
+    await get_channel_layer().group_send(group_name(scan_id), {"type": "scan.progress", **message})
+
+
+class Runner:
+    def __init__(self, worker_id: str | None = None):
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.scans: dict[uuid.UUID, asyncio.Task] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.gate: asyncio.Semaphore | None = None
+        self._fetcher: Fetcher | None = None
+        self._chores: list[asyncio.Task] = []
+
+    def ensure_started(self) -> None:
+        """Starts the sweeper and the watcher on the running loop, once."""
+        if self._chores:
+            return
+        self.loop = asyncio.get_running_loop()
+        self.gate = asyncio.Semaphore(settings.SCANS_WORKER_MAX_FETCHES)
+        self._fetcher = Fetcher(limits_from_settings())
+        self._chores = [
+            spawn(self._fetcher_open()),
+            spawn(self._sweep_forever()),
+            spawn(self._watch_forever()),
+        ]
+
+    async def _fetcher_open(self) -> None:
+        await self._fetcher.__aenter__()
+
+    async def fetcher(self) -> Fetcher:
+        await self._chores[0]
+        return self._fetcher
+
+    def start(self, scan_id: uuid.UUID | str) -> None:
+        """Runs the scan here unless it already runs here."""
+        self.ensure_started()
+        scan_id = uuid.UUID(str(scan_id))
+        task = self.scans.get(scan_id)
+        if task is not None and not task.done():
+            return
+        task = spawn(self._run(scan_id))
+        self.scans[scan_id] = task
+        task.add_done_callback(lambda t: self._forget(scan_id, t))
+
+    def _forget(self, scan_id: uuid.UUID, task: asyncio.Task) -> None:
+        if self.scans.get(scan_id) is task:
+            del self.scans[scan_id]
+
+    async def _run(self, scan_id: uuid.UUID) -> None:
+        try:
+            plan = await database_sync_to_async(store.begin_scan)(scan_id)
+            if plan is not None:
+                await ScanRun(self, scan_id, plan).run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The rows stay claimed until their lease ends; a sweep retries them.
+            log.exception("scan %s failed in worker %s", scan_id, self.worker_id)
+
+    async def _sweep_forever(self) -> None:
+        if settings.SCANS_RUN_IN_WEB:
+            # The only runner there is: claims left from before a restart are dead.
+            await database_sync_to_async(store.release_claims)(None)
+        while True:
+            with suppress(Exception):
+                for scan_id in await database_sync_to_async(store.scans_with_work)():
+                    self.start(scan_id)
+            await asyncio.sleep(SWEEP_S)
+
+    async def _watch_forever(self) -> None:
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                await self._stop_cancelled()
+                if time.monotonic() - renewed > settings.SCANS_LEASE_SECONDS / 3:
+                    await database_sync_to_async(store.renew_leases)(self.worker_id)
+                    renewed = time.monotonic()
+            except Exception:
+                log.exception("worker %s could not renew its leases", self.worker_id)
+
+    async def _stop_cancelled(self) -> None:
+        if not self.scans:
+            return
+        for scan_id in await database_sync_to_async(store.cancelled_among)(list(self.scans)):
+            task = self.scans.get(scan_id)
+            if task is not None:
+                task.cancel()
+
+    def stop_on_sigterm(self) -> None:
+        self.loop.add_signal_handler(signal.SIGTERM, lambda: spawn(self.shutdown()))
+
+    async def shutdown(self) -> None:
+        """Writes what finished, hands the rest back to other workers, and exits."""
+        log.info("worker %s stopping: handing its rows back", self.worker_id)
+        tasks = list(self.scans.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        released = await database_sync_to_async(store.release_claims)(self.worker_id)
+        layer = get_channel_layer()
+        for scan_id in released:
+            await layer.send(SCAN_JOBS, {"type": "scan.start", "scan_id": str(scan_id)})
+        os._exit(0)
+
+
+class ScanRun:
+    """One scan in one worker: a pool of ``concurrency`` fetch loops and a flusher."""
+
+    def __init__(self, runner: Runner, scan_id: uuid.UUID, plan: ScanPlan):
+        self.runner = runner
+        self.scan_id = scan_id
+        self.plan = plan
+        self.queue: deque[Claimed] = deque()
+        self.finished: list[tuple[Claimed, Fetched]] = []
+        self.exhausted = False
+        self.stopping = False
+        self.claiming = asyncio.Lock()
+        # Offsets are from the scan's start, wherever and whenever that was.
+        self.scan_start = time.monotonic() - (time.time() - plan.started_epoch)
+
+    async def run(self) -> None:
+        flusher = asyncio.create_task(self._flush_forever())
+        try:
+            await asyncio.gather(*(self._fetch_loop() for _ in range(self.plan.concurrency)))
+        finally:
+            # Let a write in progress finish: cancelling it would lose its message.
+            self.stopping = True
+            await flusher
+            await self._flush()
+
+    async def _fetch_loop(self) -> None:
+        fetcher = await self.runner.fetcher()
+        while (claimed := await self._next()) is not None:
+            if claimed.attempts > settings.SCANS_MAX_ATTEMPTS:
+                fetched = Fetched(
+                    url=claimed.url,
+                    error="other",
+                    error_message=f"gave up: {claimed.attempts - 1} workers stopped fetching it",
+                )
+            else:
+                async with self.runner.gate:
+                    fetched = await fetcher.fetch(claimed.url, self.scan_start, self.plan.timeout_s)
+            self.finished.append((claimed, fetched))
+
+    async def _next(self) -> Claimed | None:
+        if not self.queue and not self.exhausted:
+            async with self.claiming:
+                if not self.queue and not self.exhausted:
+                    rows = await database_sync_to_async(store.claim)(
+                        self.scan_id, self.runner.worker_id, self.plan.concurrency
+                    )
+                    self.queue.extend(rows)
+                    self.exhausted = not rows
+        return self.queue.popleft() if self.queue else None
+
+    async def _flush_forever(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(FLUSH_S)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self.finished:
+            return
+        batch, self.finished = self.finished, []
+        message = await database_sync_to_async(store.write_results)(
+            self.scan_id, self.runner.worker_id, batch
+        )
+        if message["results"]:
+            await announce(self.scan_id, message)
+
+
+_runner: Runner | None = None
+
+
+def get_runner() -> Runner:
+    global _runner
+    if _runner is None:
+        _runner = Runner()
+    return _runner

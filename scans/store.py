@@ -1,0 +1,170 @@
+"""The database side of running scans: claims, leases and conditional writes.
+
+Workers never trust their memory over the database. A row is fetched only by
+the worker that holds its claim, and its result is written only while the row
+is still pending and still claimed by that worker, so a row is never written
+twice, whatever crashes, expires or is cancelled in between.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from scans.fetch import Fetched
+from scans.models import Result, Scan
+from scans.snapshots import RESULT_FIELDS, message, result_dict
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    position: int
+    url: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    concurrency: int
+    timeout_s: float
+    started_epoch: float
+
+
+def _lease_until() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.SCANS_LEASE_SECONDS)
+
+
+def _free() -> Q:
+    return Q(claimed_by="") | Q(lease_until__lt=timezone.now())
+
+
+def begin_scan(scan_id: uuid.UUID) -> ScanPlan | None:
+    """Marks a queued scan running; None when the scan has nothing left to run."""
+    Scan.objects.filter(pk=scan_id, status=Scan.QUEUED).update(
+        status=Scan.RUNNING, started=timezone.now()
+    )
+    scan = Scan.objects.filter(pk=scan_id, status=Scan.RUNNING).first()
+    if scan is None:
+        return None
+    return ScanPlan(scan.concurrency, scan.timeout_s, scan.started.timestamp())
+
+
+def claim(scan_id: uuid.UUID, worker_id: str, count: int) -> list[Claimed]:
+    """Claims up to ``count`` pending rows of a scan that nobody holds."""
+    with transaction.atomic():
+        rows = Result.objects.filter(scan_id=scan_id, state=Result.PENDING).filter(_free())
+        if connection.features.has_select_for_update_skip_locked:
+            rows = rows.select_for_update(skip_locked=True)
+        ids = list(rows.order_by("position").values_list("id", flat=True)[:count])
+        if not ids:
+            return []
+        lease = _lease_until()
+        # Conditional again: on SQLite the select above locks nothing.
+        Result.objects.filter(id__in=ids, state=Result.PENDING).filter(_free()).update(
+            claimed_by=worker_id, lease_until=lease, attempts=F("attempts") + 1
+        )
+        mine = Result.objects.filter(id__in=ids, claimed_by=worker_id, lease_until=lease)
+        return [Claimed(*row) for row in mine.values_list("id", "position", "url", "attempts")]
+
+
+def _written_values(claimed: Claimed, fetched: Fetched) -> dict:
+    values = fetched.as_dict()
+    del values["url"]
+    values["finished_at"] = datetime.fromtimestamp(values["finished_at"], tz=UTC)
+    values["state"] = Result.ERROR if fetched.error else Result.OK
+    return values
+
+
+def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]) -> dict:
+    """Writes the rows still ours and pending; returns the progress message for them."""
+    written: list[dict] = []
+    with transaction.atomic():
+        for claimed, fetched in batch:
+            values = _written_values(claimed, fetched)
+            updated = Result.objects.filter(
+                pk=claimed.id, state=Result.PENDING, claimed_by=worker_id
+            ).update(claimed_by="", lease_until=None, **values)
+            if updated:
+                written.append(
+                    result_dict({**values, "position": claimed.position, "url": claimed.url})
+                )
+        if written:
+            _count_written(scan_id, written)
+        scan = Scan.objects.get(pk=scan_id)
+    return message(scan, written)
+
+
+def _count_written(scan_id: uuid.UUID, written: list[dict]) -> None:
+    Scan.objects.filter(pk=scan_id).update(
+        done=F("done") + len(written),
+        total_bytes=F("total_bytes") + sum(r["size"] or 0 for r in written),
+        sum_ms=F("sum_ms") + sum(r["elapsed_ms"] or 0 for r in written),
+        seq=F("seq") + 1,
+    )
+    Scan.objects.filter(pk=scan_id, status=Scan.RUNNING, done__gte=F("total")).update(
+        status=Scan.DONE, finished=timezone.now()
+    )
+
+
+def cancel_scan(scan_id: uuid.UUID) -> dict | None:
+    """Cancels an active scan: its pending rows end as cancelled. None if it was not active."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not Scan.objects.filter(pk=scan_id, status__in=Scan.ACTIVE).update(
+            status=Scan.CANCELLED, finished=now
+        ):
+            return None
+        pending = Result.objects.filter(scan_id=scan_id, state=Result.PENDING)
+        positions = list(pending.values_list("position", flat=True))
+        pending.update(
+            state=Result.ERROR,
+            error="cancelled",
+            error_message="the scan was cancelled before this URL finished",
+            finished_at=now,
+            claimed_by="",
+            lease_until=None,
+        )
+        Scan.objects.filter(pk=scan_id).update(done=F("total"), seq=F("seq") + 1)
+        Scan.objects.filter(pk=scan_id, started__isnull=True).update(started=now)
+        scan = Scan.objects.get(pk=scan_id)
+        rows = Result.objects.filter(scan_id=scan_id, position__in=positions)
+        written = [result_dict(v) for v in rows.values(*RESULT_FIELDS)]
+    return message(scan, written)
+
+
+def renew_leases(worker_id: str) -> int:
+    return Result.objects.filter(claimed_by=worker_id, state=Result.PENDING).update(
+        lease_until=_lease_until()
+    )
+
+
+def release_claims(worker_id: str | None) -> list[uuid.UUID]:
+    """Hands a worker's unfinished rows back at once (None: every worker's); returns their scans."""
+    with transaction.atomic():
+        rows = Result.objects.filter(state=Result.PENDING).exclude(claimed_by="")
+        if worker_id is not None:
+            rows = rows.filter(claimed_by=worker_id)
+        scan_ids = list(rows.values_list("scan_id", flat=True).distinct())
+        rows.update(claimed_by="", lease_until=None, attempts=F("attempts") - 1)
+    return scan_ids
+
+
+def scans_with_work() -> list[uuid.UUID]:
+    """Active scans that have pending rows nobody holds (lost wake-ups, dead workers)."""
+    rows = Result.objects.filter(scan__status__in=Scan.ACTIVE, state=Result.PENDING)
+    return list(rows.filter(_free()).values_list("scan_id", flat=True).distinct())
+
+
+def cancelled_among(scan_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    return set(
+        Scan.objects.filter(pk__in=scan_ids)
+        .exclude(status__in=Scan.ACTIVE)
+        .values_list("id", flat=True)
+    )

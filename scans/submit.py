@@ -1,0 +1,52 @@
+"""Creating a scan: the scan and all its pending rows in one transaction, then a wake-up."""
+
+from __future__ import annotations
+
+import uuid
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+
+from scans.models import Result, Scan
+
+
+def visitor_key(request, create: bool = False) -> str | None:
+    """The anonymous visitor's own key, kept in their session."""
+    key = request.session.get("visitor_key")
+    if key is None and create:
+        key = request.session["visitor_key"] = uuid.uuid4().hex
+    return key
+
+
+def create_scan(request, urls: list[str], concurrency: int, timeout_s: float) -> Scan:
+    user = request.user if request.user.is_authenticated else None
+    with transaction.atomic():
+        scan = Scan.objects.create(
+            owner=user,
+            visitor_key="" if user else visitor_key(request, create=True),
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            total=len(urls),
+        )
+        Result.objects.bulk_create(
+            [Result(scan=scan, position=i, url=url) for i, url in enumerate(urls)],
+            batch_size=500,
+        )
+        transaction.on_commit(lambda: wake_worker(scan.id))
+    return scan
+
+
+def wake_worker(scan_id: uuid.UUID) -> None:
+    """Tells a worker to start the scan. A lost wake-up only delays it until a sweep."""
+    if settings.SCANS_RUN_IN_WEB:
+        from scans.runner import get_runner
+
+        runner = get_runner()
+        # Only a server's loop runs scans; without one the sweep will find it.
+        if runner.loop is not None and runner.loop.is_running():
+            runner.loop.call_soon_threadsafe(runner.start, scan_id)
+        return
+    message = {"type": "scan.start", "scan_id": str(scan_id)}
+    async_to_sync(get_channel_layer().send)("scan-jobs", message)

@@ -1,0 +1,37 @@
+"""The ASGI application: HTTP, the live page's WebSocket, and the "scan-jobs" channel."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scraperproj.settings")
+django_asgi_app = get_asgi_application()
+
+# Imported after Django is set up: they import models.
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from scans.consumers import ScanJobConsumer  # noqa: E402
+from scans.routing import websocket_urlpatterns  # noqa: E402
+from scans.runner import SCAN_JOBS, get_runner  # noqa: E402
+
+router = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+        "channel": ChannelNameRouter({SCAN_JOBS: ScanJobConsumer.as_asgi()}),
+    }
+)
+
+
+async def application(scope: dict, receive, send) -> None:
+    # Daphne has no lifespan events: the first connection starts the in-process worker.
+    if settings.SCANS_RUN_IN_WEB and scope["type"] != "channel":
+        get_runner().ensure_started()
+    await router(scope, receive, send)

@@ -1,0 +1,175 @@
+"""Settings read from the environment; every default runs with no service.
+
+Defaults: SQLite (WAL) in the project folder and the in-memory channel layer,
+in which case the web process runs scans itself. Set REDIS_URL and
+DATABASE_URL to run many web and worker processes (see README).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from scans.addresses import parse_networks
+from scraperproj.env import envbool, envfloat, envint, envlist
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _secret_key() -> str:
+    if os.getenv("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    # A key of this install's own, so that no shared default key ever runs.
+    path = BASE_DIR / ".secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def _ports(text: str) -> frozenset[int] | None:
+    if text.strip() == "*":
+        return None
+    ports: set[int] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        low, _, high = item.partition("-")
+        ports.update(range(int(low), int(high or low) + 1))
+    return frozenset(ports)
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("DEBUG", "0")
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    # Before channels: our runworker command extends theirs.
+    "scans",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "scraperproj.urls"
+ASGI_APPLICATION = "scraperproj.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+
+REDIS_URL = os.getenv("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                # A watching page that falls behind loses messages, never
+                # the worker's time: it recovers from a database snapshot.
+                "capacity": envint("CHANNELS_CAPACITY", 1000),
+                "expiry": envint("CHANNELS_EXPIRY", 30),
+                "group_expiry": 86400,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": envint("CHANNELS_CAPACITY", 1000), "expiry": 30},
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "scans:list"
+LOGOUT_REDIRECT_URL = "scans:new"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# What a scan may do. See the README for each knob.
+SCANS_MAX_URLS = envint("SCANS_MAX_URLS", 1000)
+SCANS_MAX_CONCURRENCY = envint("SCANS_MAX_CONCURRENCY", 100)
+SCANS_DEFAULT_CONCURRENCY = min(envint("SCANS_DEFAULT_CONCURRENCY", 20), SCANS_MAX_CONCURRENCY)
+SCANS_PER_HOST_LIMIT = envint("SCANS_PER_HOST_LIMIT", 10)
+SCANS_TIMEOUT = envfloat("SCANS_TIMEOUT", 30.0)
+SCANS_MAX_TIMEOUT = envfloat("SCANS_MAX_TIMEOUT", 120.0)
+SCANS_CONNECT_TIMEOUT = envfloat("SCANS_CONNECT_TIMEOUT", 10.0)
+SCANS_MAX_BYTES = envint("SCANS_MAX_BYTES", 10 * 1024 * 1024)
+SCANS_MAX_REDIRECTS = envint("SCANS_MAX_REDIRECTS", 10)
+SCANS_MAX_ACTIVE_PER_OWNER = envint("SCANS_MAX_ACTIVE_PER_OWNER", 5)
+SCANS_WORKER_MAX_FETCHES = envint("SCANS_WORKER_MAX_FETCHES", 1000)
+SCANS_LEASE_SECONDS = envfloat("SCANS_LEASE_SECONDS", 30.0)
+SCANS_MAX_ATTEMPTS = envint("SCANS_MAX_ATTEMPTS", 3)
+SCANS_ALLOWED_NETWORKS = parse_networks(os.getenv("SCANS_ALLOWED_NETWORKS", ""))
+SCANS_ALLOWED_PORTS = _ports(os.getenv("SCANS_ALLOWED_PORTS", "80,443"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"scans": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")}},
+}
+# Without Redis the in-memory layer cannot reach another process: the web process fetches.
+SCANS_RUN_IN_WEB = envbool("SCANS_RUN_IN_WEB", "0" if REDIS_URL else "1")
