@@ -137,6 +137,8 @@ class TargetServer:
         return self
 
     def stop(self) -> None:
+        cleanup = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        cleanup.result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
@@ -147,7 +149,9 @@ class TargetServer:
         self._loop.run_forever()
 
     async def _start_site(self) -> None:
-        runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True)
+        self._runner = runner = web.AppRunner(
+            make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.1
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=4096)
         await site.start()

@@ -1,0 +1,150 @@
+"""Fixtures: the local target site, real daphne servers, and the machine's Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.target import TargetServer
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.getenv("CI", "").lower() in ("1", "true", "yes")
+REDIS_URL = os.getenv("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.getenv("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    """Skips when a service is down; under CI=true, fails instead."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: tests may not skip)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def target() -> Iterator[TargetServer]:
+    server = TargetServer("127.0.0.1").start()
+    yield server
+    server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        if _reachable("127.0.0.1", port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+class Server:
+    """A real daphne process serving the project, and the environment it runs with."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        command = [str(ROOT / ".venv/bin/daphne"), "-b", "127.0.0.1", "-p", str(self.port)]
+        self.process = subprocess.Popen(
+            [*command, "scraperproj.asgi:application"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+def project_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment a real process of the project runs with in tests."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "scraperproj.settings",
+        "SECRET_KEY": "tests-only-secret-key-" + "x" * 40,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "SCANS_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "SCANS_ALLOWED_PORTS": "*",
+        "DEBUG": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("REDIS_URL", None)
+    env.update(extra)
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True
+    )
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One daphne with the embedded worker: SQLite and the in-memory layer, as `make run`."""
+    tmp_path = tmp_path_factory.mktemp("server")
+    env = project_env(tmp_path)
+    migrate(env)
+    server = Server(env, tmp_path / "daphne.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    """Starts daphne processes with extra environment; stops them after the test."""
+    started: list[Server] = []
+
+    def make(env: dict[str, str] | None = None, **extra: str) -> Server:
+        env = env or project_env(tmp_path, **extra)
+        if not (tmp_path / "db.sqlite3").exists() and "sqlite" in env["DATABASE_URL"]:
+            migrate(env)
+        server = Server(env, tmp_path / f"daphne-{len(started)}.log").start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
