@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -30,8 +31,20 @@ def _visitor_scans(request: HttpRequest):
     return Scan.objects.filter(owner=None, visitor_key=visitor_key(request) or "-")
 
 
+def _too_many_active(request: HttpRequest) -> str | None:
+    active = _visitor_scans(request).filter(status__in=Scan.ACTIVE).count()
+    if active >= settings.SCANS_MAX_ACTIVE_PER_OWNER:
+        return (
+            f"You already have {active} scans running; wait for one to finish or cancel one"
+            f" (at most {settings.SCANS_MAX_ACTIVE_PER_OWNER} at once)."
+        )
+    return None
+
+
 def new_scan(request: HttpRequest) -> HttpResponse:
     form = ScanForm(request.POST or None)
+    if request.method == "POST" and form.is_valid() and (busy := _too_many_active(request)):
+        form.add_error(None, busy)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         scan = create_scan(request, data["urls"], data["concurrency"], data["timeout"])

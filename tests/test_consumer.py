@@ -1,0 +1,154 @@
+"""The live page's socket, driven with Channels' WebsocketCommunicator against a real runner."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
+
+from scans import runner as runner_module
+from scans.models import Result, Scan
+from scans.routing import websocket_urlpatterns
+from scans.runner import Runner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+application = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+
+@database_sync_to_async
+def make_scan(urls: list[str], visitor_key: str = "visitor-1", owner=None) -> Scan:
+    scan = Scan.objects.create(
+        owner=owner,
+        visitor_key="" if owner else visitor_key,
+        concurrency=5,
+        timeout_s=5,
+        total=len(urls),
+    )
+    Result.objects.bulk_create(Result(scan=scan, position=i, url=u) for i, u in enumerate(urls))
+    return scan
+
+
+@database_sync_to_async
+def session_cookie(visitor_key: str | None = None, user: User | None = None) -> str:
+    session = SessionStore()
+    if visitor_key:
+        session["visitor_key"] = visitor_key
+    if user:
+        session["_auth_user_id"] = str(user.pk)
+        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_hash"] = user.get_session_auth_hash()
+    session.save()
+    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+
+
+def communicator(scan_id, cookie: str, origin: str = "http://127.0.0.1") -> WebsocketCommunicator:
+    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1"), (b"cookie", cookie.encode())]
+    return WebsocketCommunicator(application, f"/ws/scans/{scan_id}/", headers=headers)
+
+
+@pytest.fixture
+async def runner():
+    """A real runner on the test's loop, as the web process runs one."""
+    instance = Runner(worker_id="test-worker")
+    runner_module._runner = instance
+    yield instance
+    for task in [*instance.scans.values(), *instance._chores]:
+        task.cancel()
+    if instance._fetcher is not None:
+        await instance._fetcher.__aexit__(None, None, None)
+    runner_module._runner = None
+
+
+async def receive_until_done(ws: WebsocketCommunicator, total: int) -> list[dict]:
+    messages = [await ws.receive_json_from(timeout=10)]
+    while messages[-1]["scan"]["status"] != "done":
+        messages.append(await ws.receive_json_from(timeout=10))
+    return messages
+
+
+async def test_it_sends_a_snapshot_then_progress_then_done(target, runner):
+    urls = [target.url(f"/size/{n}?delay_ms={20 * i}") for i, n in enumerate([10, 2000, 70_000])]
+    scan = await make_scan(urls)
+    ws = communicator(scan.id, await session_cookie("visitor-1"))
+    connected, _ = await ws.connect()
+    assert connected
+    runner.start(scan.id)
+    messages = await receive_until_done(ws, len(urls))
+    await ws.disconnect()
+
+    snapshot, *progress = messages
+    assert snapshot["type"] == "snapshot" and snapshot["scan"]["status"] == "queued"
+    assert [r["state"] for r in snapshot["results"]] == ["pending"] * 3
+    assert progress and all(m["type"] == "progress" for m in progress)
+    assert [m["seq"] for m in progress] == list(range(1, len(progress) + 1))
+    sizes = {r["position"]: r["size"] for m in progress for r in m["results"]}
+    assert sizes == {0: 10, 1: 2000, 2: 70_000}
+    assert progress[-1]["scan"]["done"] == 3 and progress[-1]["scan"]["wall_ms"] > 0
+
+
+async def test_a_snapshot_request_returns_everything_so_far(target, runner):
+    scan = await make_scan([target.url("/size/5"), target.url("/size/6")])
+    ws = communicator(scan.id, await session_cookie("visitor-1"))
+    await ws.connect()
+    runner.start(scan.id)
+    await receive_until_done(ws, 2)
+    await ws.send_json_to({"type": "snapshot"})
+    again = await ws.receive_json_from(timeout=5)
+    await ws.disconnect()
+    assert again["type"] == "snapshot"
+    assert [(r["state"], r["size"]) for r in again["results"]] == [("ok", 5), ("ok", 6)]
+
+
+async def test_another_visitor_is_refused(target):
+    scan = await make_scan([target.url("/size/5")], visitor_key="owner-key")
+    for cookie in (await session_cookie("someone-else"), await session_cookie(None), ""):
+        connected, _ = await communicator(scan.id, cookie).connect()
+        assert not connected
+
+
+async def test_a_missing_scan_is_refused():
+    connected, _ = await communicator(uuid.uuid4(), await session_cookie("visitor-1")).connect()
+    assert not connected
+
+
+async def test_the_owner_user_and_staff_are_let_in_but_not_other_users(target):
+    owner, other, staff = await database_sync_to_async(
+        lambda: [
+            User.objects.create_user("owner"),
+            User.objects.create_user("other"),
+            User.objects.create_user("staff", is_staff=True),
+        ]
+    )()
+    scan = await make_scan([target.url("/size/5")], owner=owner)
+    for user, allowed in ((owner, True), (other, False), (staff, True)):
+        ws = communicator(scan.id, await session_cookie(user=user))
+        connected, _ = await ws.connect()
+        assert connected is allowed, user.username
+        if connected:
+            await ws.disconnect()
+
+
+async def test_a_foreign_origin_is_refused(target):
+    scan = await make_scan([target.url("/size/5")])
+    cookie = await session_cookie("visitor-1")
+    connected, _ = await communicator(scan.id, cookie, origin="http://evil.example").connect()
+    assert not connected
+
+
+async def test_garbage_from_the_client_closes_its_socket(target):
+    scan = await make_scan([target.url("/size/5")])
+    ws = communicator(scan.id, await session_cookie("visitor-1"))
+    await ws.connect()
+    await ws.receive_json_from()
+    await ws.send_to(text_data="{not json")
+    closed = await ws.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4400}

@@ -1,0 +1,104 @@
+"""The scan form: what it stores, and every bad input it refuses without storing anything."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+from django.urls import reverse
+
+from scans.models import Result, Scan
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client, urls: str, concurrency: str = "10", timeout: str = "5"):
+    data = {"urls": urls, "concurrency": concurrency, "timeout": timeout}
+    return client.post(reverse("scans:new"), data)
+
+
+def test_it_shows_the_form(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    for name in ("urls", "concurrency", "timeout", "csrfmiddlewaretoken"):
+        assert f'name="{name}"' in response.text
+
+
+def test_it_stores_the_scan_and_one_pending_row_per_url(client):
+    response = post(
+        client, "http://a.example/\n\n  https://b.example/x?y=1  \nhttp://c.example:80/"
+    )
+    scan = Scan.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/scans/{scan.id}/"
+    assert (scan.status, scan.total, scan.concurrency, scan.timeout_s) == ("queued", 3, 10, 5.0)
+    rows = list(Result.objects.filter(scan=scan).values_list("position", "url", "state"))
+    assert rows == [
+        (0, "http://a.example/", "pending"),
+        (1, "https://b.example/x?y=1", "pending"),
+        (2, "http://c.example:80/", "pending"),
+    ]
+
+
+def test_an_empty_list_is_refused(client):
+    response = post(client, " \n\n ")
+    assert response.status_code == 400
+    assert "Enter at least one URL" in response.text
+    assert not Scan.objects.exists()
+
+
+def test_it_names_every_line_that_is_not_an_http_url(client):
+    urls = "http://ok.example/\nftp://files.example/\nnot a url\nhttps://fine.example/\njavascript:alert(1)"
+    response = post(client, urls)
+    assert response.status_code == 400
+    assert "Fix lines 2, 3, 5 of the list" in response.text
+    assert "Line 2: &#x27;ftp://files.example/&#x27;: only http:// and https://" in response.text
+    assert "Line 3:" in response.text and "Line 5:" in response.text
+    assert "Line 1:" not in response.text and "Line 4:" not in response.text
+    # The text comes back as typed, so nothing has to be pasted again.
+    assert "ftp://files.example/\nnot a url\nhttps://fine.example/" in response.text
+    assert not Scan.objects.exists() and not Result.objects.exists()
+
+
+@override_settings(SCANS_MAX_URLS=3)
+def test_more_urls_than_allowed_are_refused(client):
+    response = post(client, "\n".join(f"http://s{i}.example/" for i in range(4)))
+    assert response.status_code == 400
+    assert "4 URLs is more than the 3 a scan may hold" in response.text
+    assert not Scan.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("concurrency", "0", "greater than or equal to 1"),
+        ("concurrency", "100000", "less than or equal to"),
+        ("concurrency", "many", "Enter a whole number"),
+        ("timeout", "0", "greater than or equal to 0.1"),
+        ("timeout", "100000", "less than or equal to"),
+    ],
+)
+def test_out_of_range_options_are_refused(client, field, value, message):
+    values = {"concurrency": "10", "timeout": "5", field: value}
+    response = post(client, "http://ok.example/", **values)
+    assert response.status_code == 400
+    assert message in response.text
+    assert "http://ok.example/" in response.text
+    assert not Scan.objects.exists()
+
+
+@override_settings(SCANS_MAX_ACTIVE_PER_OWNER=2)
+def test_a_visitor_with_too_many_running_scans_is_told_to_wait(client):
+    assert post(client, "http://a.example/").status_code == 302
+    assert post(client, "http://b.example/").status_code == 302
+    response = post(client, "http://c.example/")
+    assert response.status_code == 400
+    assert "You already have 2 scans running" in response.text
+    assert Scan.objects.count() == 2
+    Scan.objects.update(status=Scan.DONE)
+    assert post(client, "http://c.example/").status_code == 302
+
+
+def test_a_failed_post_keeps_existing_scans(client):
+    post(client, "http://a.example/")
+    post(client, "not a url")
+    assert Scan.objects.count() == 1 and Result.objects.count() == 1

@@ -1,0 +1,93 @@
+"""Who sees which scan: pages, the JSON snapshot and the list, as a browser would ask for them."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from scans.models import Result, Scan
+
+pytestmark = pytest.mark.django_db
+
+
+def submit(client: Client, urls: str = "http://a.example/\nhttp://b.example/") -> Scan:
+    response = client.post("/", {"urls": urls, "concurrency": "2", "timeout": "5"})
+    assert response.status_code == 302
+    return Scan.objects.get(pk=response["Location"].split("/")[2])
+
+
+def test_it_shows_the_owner_their_live_page_and_snapshot(client):
+    scan = submit(client)
+    page = client.get(f"/scans/{scan.id}/")
+    assert page.status_code == 200
+    assert f'data-socket-path="/ws/scans/{scan.id}/"' in page.text
+    assert page.text.count('data-position="') == 2
+    data = client.get(f"/api/scans/{scan.id}/").json()
+    assert data["scan"]["id"] == str(scan.id) and data["scan"]["status"] == "queued"
+    assert [(r["position"], r["url"], r["state"]) for r in data["results"]] == [
+        (0, "http://a.example/", "pending"),
+        (1, "http://b.example/", "pending"),
+    ]
+
+
+def test_it_hides_a_scan_from_everyone_else(client):
+    scan = submit(client)
+    stranger = Client()
+    stranger.post("/", {"urls": "http://c.example/", "concurrency": "1", "timeout": "1"})
+    for path in (f"/scans/{scan.id}/", f"/api/scans/{scan.id}/"):
+        assert stranger.get(path).status_code == 404
+    assert stranger.post(f"/scans/{scan.id}/cancel/").status_code == 404
+    assert str(scan.id) not in stranger.get("/scans/").text
+    User.objects.create_user("bob", password="pw-bob-123")
+    stranger.login(username="bob", password="pw-bob-123")
+    assert stranger.get(f"/scans/{scan.id}/").status_code == 404
+
+
+def test_staff_see_every_scan(client):
+    scan = submit(client)
+    User.objects.create_user("ops", password="pw-ops-123", is_staff=True)
+    staff = Client()
+    staff.login(username="ops", password="pw-ops-123")
+    assert staff.get(f"/scans/{scan.id}/").status_code == 200
+    assert staff.get(f"/api/scans/{scan.id}/").status_code == 200
+
+
+def test_a_logged_in_users_scans_are_theirs(client):
+    user = User.objects.create_user("ann", password="pw-ann-123")
+    client.login(username="ann", password="pw-ann-123")
+    scan = submit(client)
+    assert scan.owner == user and scan.visitor_key == ""
+    assert str(scan.id) in client.get("/scans/").text
+
+
+def test_the_list_shows_the_visitors_scans_newest_first(client):
+    first, second = submit(client), submit(client, "http://z.example/")
+    text = client.get("/scans/").text
+    assert text.index(str(second.id)) < text.index(str(first.id))
+
+
+def test_cancel_ends_the_pending_rows(client):
+    scan = submit(client)
+    Result.objects.filter(scan=scan, position=0).update(state="ok", http_status=200, size=5)
+    Scan.objects.filter(pk=scan.id).update(done=1)
+    response = client.post(f"/scans/{scan.id}/cancel/")
+    assert response.status_code == 302
+    data = client.get(f"/api/scans/{scan.id}/").json()
+    assert data["scan"]["status"] == "cancelled" and data["scan"]["done"] == 2
+    assert [(r["state"], r["error"]) for r in data["results"]] == [
+        ("ok", None),
+        ("error", "cancelled"),
+    ]
+
+
+def test_cancel_needs_a_post(client):
+    scan = submit(client)
+    assert client.get(f"/scans/{scan.id}/cancel/").status_code == 405
+
+
+def test_the_form_needs_its_csrf_token():
+    client = Client(enforce_csrf_checks=True)
+    response = client.post("/", {"urls": "http://a.example/", "concurrency": "1", "timeout": "1"})
+    assert response.status_code == 403
+    assert not Scan.objects.exists()
