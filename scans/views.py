@@ -6,6 +6,7 @@ import uuid
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -42,6 +43,8 @@ def _too_many_active(request: HttpRequest) -> str | None:
 
 
 def new_scan(request: HttpRequest) -> HttpResponse:
+    if settings.SCANS_REQUIRE_LOGIN and not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
     form = ScanForm(request.POST or None)
     if request.method == "POST" and form.is_valid() and (busy := _too_many_active(request)):
         form.add_error(None, busy)

@@ -91,3 +91,22 @@ def test_the_form_needs_its_csrf_token():
     response = client.post("/", {"urls": "http://a.example/", "concurrency": "1", "timeout": "1"})
     assert response.status_code == 403
     assert not Scan.objects.exists()
+
+
+def test_a_visitors_scans_follow_them_when_they_log_in(client):
+    scan = submit(client)
+    User.objects.create_user("cy", password="pw-cy-12345")
+    response = client.post("/accounts/login/", {"username": "cy", "password": "pw-cy-12345"})
+    assert response.status_code == 302
+    scan.refresh_from_db()
+    assert scan.owner.username == "cy" and scan.visitor_key == ""
+    assert client.get(f"/scans/{scan.id}/").status_code == 200
+    client.post("/accounts/logout/")
+    assert client.get(f"/scans/{scan.id}/").status_code == 404
+
+
+def test_scanning_can_require_login(client, settings):
+    settings.SCANS_REQUIRE_LOGIN = True
+    response = client.post("/", {"urls": "http://a.example/", "concurrency": "1", "timeout": "1"})
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert not Scan.objects.exists()
