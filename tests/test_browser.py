@@ -71,14 +71,16 @@ def sized(target, sizes: list[int], delays_ms: list[int]) -> list[str]:
     return [target.url(f"/size/{s}?delay_ms={d}") for s, d in zip(sizes, delays_ms, strict=True)]
 
 
+FINISHED_ROWS = "tbody[data-scan=rows] tr:not(.state-pending)"
+
+
 def finished_rows(page: Page) -> int:
-    return page.locator("tbody[data-scan=rows] tr:not(.state-pending)").count()
+    return page.locator(FINISHED_ROWS).count()
 
 
 def wait_for_finished_rows(page: Page, at_least: int) -> None:
     page.wait_for_function(
-        "n => document.querySelectorAll('tbody[data-scan=rows] tr:not(.state-pending)').length >= n",
-        arg=at_least,
+        f"n => document.querySelectorAll('{FINISHED_ROWS}').length >= n", arg=at_least
     )
 
 
