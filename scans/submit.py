@@ -1,4 +1,5 @@
-"""Creating a scan: the scan and all its pending rows in one transaction, then a wake-up."""
+"""What a visitor's requests do to scans: create one (the scan and all its pending rows in
+one transaction, then a wake-up) and cancel one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
+from scans import store
 from scans.models import Result, Scan
 
 
@@ -50,3 +52,14 @@ def wake_worker(scan_id: uuid.UUID) -> None:
         return
     message = {"type": "scan.start", "scan_id": str(scan_id)}
     async_to_sync(get_channel_layer().send)("scan-jobs", message)
+
+
+def cancel(scan: Scan) -> bool:
+    """Cancels an active scan and tells every watching page; False if it had ended."""
+    from scans.runner import announce
+
+    message = store.cancel_scan(scan.id)
+    if message is None:
+        return False
+    async_to_sync(announce)(scan.id, message)
+    return True
