@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from scans import views
+from scans import account, api, views
 
 app_name = "scans"
 
@@ -11,5 +11,9 @@ urlpatterns = [
     path("scans/", views.scan_list, name="list"),
     path("scans/<uuid:scan_id>/", views.scan_detail, name="detail"),
     path("scans/<uuid:scan_id>/cancel/", views.cancel_scan, name="cancel"),
-    path("api/scans/<uuid:scan_id>/", views.scan_snapshot, name="snapshot"),
+    path("api/scans/", api.scans, name="api-scans"),
+    path("api/scans/<uuid:scan_id>/", api.scan_detail, name="snapshot"),
+    path("api/scans/<uuid:scan_id>/cancel/", api.scan_cancel, name="api-cancel"),
+    path("account/", account.account, name="account"),
+    path("account/tokens/<int:token_id>/revoke/", account.revoke_token, name="revoke-token"),
 ]

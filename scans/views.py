@@ -6,13 +6,12 @@ import uuid
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from scans.access import get_scan_for_visitor, too_many_active, visitor_scans
 from scans.forms import ScanForm
-from scans.snapshots import snapshot
 from scans.submit import cancel, create_scan
 
 
@@ -38,12 +37,6 @@ def scan_list(request: HttpRequest) -> HttpResponse:
 def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     scan = get_scan_for_visitor(request, scan_id)
     return render(request, "scans/detail.html", {"scan": scan, "results": scan.results.all()})
-
-
-def scan_snapshot(request: HttpRequest, scan_id: uuid.UUID) -> JsonResponse:
-    scan = get_scan_for_visitor(request, scan_id)
-    data = snapshot(scan.id)
-    return JsonResponse({"scan": data["scan"], "results": data["results"]})
 
 
 @require_POST
