@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
+from scans import submit
 from scans.models import Result, Scan
 
 
@@ -43,7 +44,7 @@ class ScanAdmin(admin.ModelAdmin):
         "duration",
         "live_page",
     )
-    list_filter = ("status", "created")
+    list_filter = ("status", ("owner", admin.RelatedOnlyFieldListFilter), "created")
     date_hierarchy = "created"
     search_fields = ("results__url",)
     readonly_fields = (
@@ -64,6 +65,7 @@ class ScanAdmin(admin.ModelAdmin):
     )
     exclude = ("seq",)
     inlines = [ResultInline]
+    actions = ["run_again", "cancel"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("owner")
@@ -82,6 +84,17 @@ class ScanAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.action(description="Run the selected scans again")
+    def run_again(self, request, queryset) -> None:
+        for scan in queryset:
+            submit.run_again(scan)
+        self.message_user(request, f"Started {len(queryset)} new scan(s).", messages.SUCCESS)
+
+    @admin.action(description="Cancel the selected scans")
+    def cancel(self, request, queryset) -> None:
+        cancelled = sum(submit.cancel(scan) for scan in queryset.filter(status__in=Scan.ACTIVE))
+        self.message_user(request, f"Cancelled {cancelled} scan(s).", messages.SUCCESS)
 
     def get_search_results(self, request, queryset, search_term):
         queryset, _ = super().get_search_results(request, queryset, search_term)

@@ -23,11 +23,23 @@ def visitor_key(request, create: bool = False) -> str | None:
 
 
 def create_scan(request, urls: list[str], concurrency: int, timeout_s: float) -> Scan:
+    """A new scan owned by the request's user, or else by its session's visitor."""
     user = request.user if request.user.is_authenticated else None
+    key = "" if user else visitor_key(request, create=True)
+    return _create(urls, concurrency, timeout_s, owner=user, visitor_key=key)
+
+
+def run_again(scan: Scan) -> Scan:
+    """A new scan of the same URLs with the same options, for the same owner."""
+    urls = list(scan.results.order_by("position").values_list("url", flat=True))
+    return _create(urls, scan.concurrency, scan.timeout_s, scan.owner, scan.visitor_key)
+
+
+def _create(urls: list[str], concurrency: int, timeout_s: float, owner, visitor_key: str) -> Scan:
     with transaction.atomic():
         scan = Scan.objects.create(
-            owner=user,
-            visitor_key="" if user else visitor_key(request, create=True),
+            owner=owner,
+            visitor_key=visitor_key,
             concurrency=concurrency,
             timeout_s=timeout_s,
             total=len(urls),

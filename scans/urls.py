@@ -11,6 +11,7 @@ urlpatterns = [
     path("scans/", views.scan_list, name="list"),
     path("scans/<uuid:scan_id>/", views.scan_detail, name="detail"),
     path("scans/<uuid:scan_id>/cancel/", views.cancel_scan, name="cancel"),
+    path("scans/<uuid:scan_id>/again/", views.scan_again, name="again"),
     path("api/scans/", api.scans, name="api-scans"),
     path("api/scans/<uuid:scan_id>/", api.scan_detail, name="snapshot"),
     path("api/scans/<uuid:scan_id>/cancel/", api.scan_cancel, name="api-cancel"),

@@ -1,18 +1,20 @@
-"""Pages and the JSON snapshot. Every scan page is its owner's or staff's only."""
+"""Pages: the form, the history, the live page and what a visitor can do to a scan."""
 
 from __future__ import annotations
 
 import uuid
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from scans.access import get_scan_for_visitor, too_many_active, visitor_scans
 from scans.forms import ScanForm
-from scans.submit import cancel, create_scan
+from scans.submit import cancel, create_scan, run_again
 
 
 def new_scan(request: HttpRequest) -> HttpResponse:
@@ -30,13 +32,22 @@ def new_scan(request: HttpRequest) -> HttpResponse:
 
 
 def scan_list(request: HttpRequest) -> HttpResponse:
-    scans = visitor_scans(request)[:100]
-    return render(request, "scans/list.html", {"scans": scans})
+    page = Paginator(visitor_scans(request), 25).get_page(request.GET.get("page"))
+    return render(request, "scans/list.html", {"scans": page, "page": page})
 
 
 def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     scan = get_scan_for_visitor(request, scan_id)
     return render(request, "scans/detail.html", {"scan": scan, "results": scan.results.all()})
+
+
+@require_POST
+def scan_again(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    scan = get_scan_for_visitor(request, scan_id)
+    if busy := too_many_active(request):
+        messages.error(request, busy)
+        return redirect("scans:detail", scan_id=scan.id)
+    return redirect("scans:detail", scan_id=run_again(scan).id)
 
 
 @require_POST

@@ -110,3 +110,24 @@ def test_scanning_can_require_login(client, settings):
     response = client.post("/", {"urls": "http://a.example/", "concurrency": "1", "timeout": "1"})
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     assert not Scan.objects.exists()
+
+
+def test_run_again_starts_a_new_scan_of_the_same_urls(client):
+    scan = submit(client, "http://a.example/\nhttp://b.example/")
+    Scan.objects.filter(pk=scan.id).update(status=Scan.DONE)
+    response = client.post(f"/scans/{scan.id}/again/")
+    again = Scan.objects.exclude(pk=scan.id).get()
+    assert response["Location"] == f"/scans/{again.id}/"
+    urls = list(again.results.values_list("url", flat=True))
+    assert urls == ["http://a.example/", "http://b.example/"]
+    assert client.get(f"/scans/{again.id}/").status_code == 200
+
+
+def test_the_history_pages_through_past_scans(client):
+    scans = []
+    for i in range(27):
+        scans.append(submit(client, f"http://s{i}.example/"))
+        Scan.objects.update(status=Scan.DONE)
+    first, second = client.get("/scans/").text, client.get("/scans/?page=2").text
+    assert str(scans[-1].id) in first and str(scans[0].id) not in first
+    assert str(scans[0].id) in second and "Page 2 of 2" in second

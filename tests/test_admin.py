@@ -1,0 +1,72 @@
+"""The admin: staff review past scans, search them by URL, re-run and cancel them."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from scans.models import Result, Scan
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client() -> Client:
+    User.objects.create_superuser("root", password="pw-root-123")
+    client = Client()
+    client.login(username="root", password="pw-root-123")
+    return client
+
+
+def make_scan(urls: list[str], owner=None, status: str = Scan.DONE) -> Scan:
+    scan = Scan.objects.create(
+        owner=owner,
+        visitor_key="" if owner else "v",
+        concurrency=3,
+        timeout_s=4,
+        total=len(urls),
+        status=status,
+    )
+    for i, url in enumerate(urls):
+        Result.objects.create(scan=scan, position=i, url=url, state="ok", size=1_234_567 + i)
+    return scan
+
+
+def test_it_lists_scans_with_their_figures(admin_client):
+    scan = make_scan(["http://a.example/"], owner=User.objects.create_user("ann"))
+    page = admin_client.get("/admin/scans/scan/").text
+    assert "ann" in page and f"/scans/{scan.id}/" in page
+    for column in ("status", "total", "done", "total bytes", "duration"):
+        assert column in page.lower()
+
+
+def test_it_searches_by_url_and_filters_by_status(admin_client):
+    wanted = make_scan(["http://needle.example/page"])
+    other = make_scan(["http://hay.example/"], status=Scan.CANCELLED)
+    found = admin_client.get("/admin/scans/scan/", {"q": "needle"}).text
+    assert str(wanted.id) in found and str(other.id) not in found
+    cancelled = admin_client.get("/admin/scans/scan/", {"status__exact": "cancelled"}).text
+    assert str(other.id) in cancelled and str(wanted.id) not in cancelled
+
+
+def test_a_scan_shows_its_results_read_only_with_exact_bytes(admin_client):
+    scan = make_scan(["http://a.example/", "http://b.example/"])
+    page = admin_client.get(f"/admin/scans/scan/{scan.id}/change/").text
+    assert "1234567" in page and "1234568" in page
+    assert 'name="results-0-size"' not in page
+
+
+def test_run_again_and_cancel_actions(admin_client):
+    done = make_scan(["http://a.example/", "http://b.example/"])
+    running = make_scan(["http://c.example/"], status=Scan.RUNNING)
+    admin_client.post("/admin/scans/scan/", {"action": "run_again", "_selected_action": [done.id]})
+    again = Scan.objects.exclude(pk__in=[done.id, running.id]).get()
+    assert list(again.results.values_list("url", "state")) == [
+        ("http://a.example/", "pending"),
+        ("http://b.example/", "pending"),
+    ]
+    assert (again.concurrency, again.timeout_s, again.visitor_key) == (3, 4, "v")
+    admin_client.post("/admin/scans/scan/", {"action": "cancel", "_selected_action": [running.id]})
+    running.refresh_from_db()
+    assert running.status == "cancelled"
