@@ -80,6 +80,8 @@ class Result(models.Model):
     claimed_by = models.CharField(max_length=64, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The worker whose result was written: which process did what, after a crash.
+    fetched_by = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["position"]

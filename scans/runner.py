@@ -13,7 +13,6 @@ import asyncio
 import contextvars
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -67,6 +66,9 @@ class Runner:
     def __init__(self, worker_id: str | None = None):
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.scans: dict[uuid.UUID, asyncio.Task] = {}
+        # Scans woken while they ran here: their rows may have come back, so look again.
+        self.woken: set[uuid.UUID] = set()
+        self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.gate: asyncio.Semaphore | None = None
         self._fetcher: Fetcher | None = None
@@ -93,11 +95,14 @@ class Runner:
         return self._fetcher
 
     def start(self, scan_id: uuid.UUID | str) -> None:
-        """Runs the scan here unless it already runs here."""
+        """Runs the scan here; if it runs here already, it looks for free rows again after."""
+        if self.stopping:
+            return
         self.ensure_started()
         scan_id = uuid.UUID(str(scan_id))
         task = self.scans.get(scan_id)
         if task is not None and not task.done():
+            self.woken.add(scan_id)
             return
         task = spawn(self._run(scan_id))
         self.scans[scan_id] = task
@@ -109,23 +114,32 @@ class Runner:
 
     async def _run(self, scan_id: uuid.UUID) -> None:
         try:
-            plan = await database_sync_to_async(store.begin_scan)(scan_id)
-            if plan is not None:
+            while True:
+                self.woken.discard(scan_id)
+                plan = await database_sync_to_async(store.begin_scan)(scan_id)
+                if plan is None:
+                    return
                 await ScanRun(self, scan_id, plan).run()
+                if scan_id not in self.woken:
+                    return
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The rows stay claimed until their lease ends; a sweep retries them.
             log.exception("scan %s failed in worker %s", scan_id, self.worker_id)
+            # Hand its rows back; if even that fails, their leases run out (nobody renews them).
+            with suppress(Exception):
+                await database_sync_to_async(store.release_claims)(self.worker_id, scan_id)
 
     async def _sweep_forever(self) -> None:
         if settings.SCANS_RUN_IN_WEB:
             # The only runner there is: claims left from before a restart are dead.
             await database_sync_to_async(store.release_claims)(None)
         while True:
-            with suppress(Exception):
+            try:
                 for scan_id in await database_sync_to_async(store.scans_with_work)():
                     self.start(scan_id)
+            except Exception:
+                log.exception("worker %s could not sweep for work", self.worker_id)
             await asyncio.sleep(SWEEP_S)
 
     async def _watch_forever(self) -> None:
@@ -135,7 +149,9 @@ class Runner:
             try:
                 await self._stop_cancelled()
                 if time.monotonic() - renewed > settings.SCANS_LEASE_SECONDS / 3:
-                    await database_sync_to_async(store.renew_leases)(self.worker_id)
+                    await database_sync_to_async(store.renew_leases)(
+                        self.worker_id, list(self.scans)
+                    )
                     renewed = time.monotonic()
             except Exception:
                 log.exception("worker %s could not renew its leases", self.worker_id)
@@ -148,21 +164,30 @@ class Runner:
             if task is not None:
                 task.cancel()
 
-    def stop_on_sigterm(self) -> None:
-        self.loop.add_signal_handler(signal.SIGTERM, lambda: spawn(self.shutdown()))
-
     async def shutdown(self) -> None:
-        """Writes what finished, hands the rest back to other workers, and exits."""
+        """Writes what finished and hands the rest back to the other workers at once.
+
+        The caller stops taking wake-ups first, so the ones sent here reach another worker.
+        """
         log.info("worker %s stopping: handing its rows back", self.worker_id)
-        tasks = list(self.scans.values())
+        self.stopping = True
+        tasks = [*self._chores[1:], *self.scans.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         released = await database_sync_to_async(store.release_claims)(self.worker_id)
-        layer = get_channel_layer()
         for scan_id in released:
-            await layer.send(SCAN_JOBS, {"type": "scan.start", "scan_id": str(scan_id)})
-        os._exit(0)
+            await wake(scan_id)
+        log.info("worker %s handed back the rows of %d scans", self.worker_id, len(released))
+
+
+async def wake(scan_id: uuid.UUID | str) -> None:
+    """Asks some worker to run a scan; a wake-up the layer refuses waits for a sweep."""
+    message = {"type": "scan.start", "scan_id": str(scan_id)}
+    try:
+        await get_channel_layer().send(SCAN_JOBS, message)
+    except Exception:
+        log.exception("could not wake a worker for scan %s; a sweep will find it", scan_id)
 
 
 class ScanRun:
@@ -183,7 +208,10 @@ class ScanRun:
     async def run(self) -> None:
         flusher = asyncio.create_task(self._flush_forever())
         try:
-            await asyncio.gather(*(self._fetch_loop() for _ in range(self.plan.concurrency)))
+            # One loop failing stops the others: none may go on claiming unwatched.
+            async with asyncio.TaskGroup() as loops:
+                for _ in range(self.plan.concurrency):
+                    loops.create_task(self._fetch_loop())
         finally:
             # Let a write in progress finish: cancelling it would lose its message.
             self.stopping = True

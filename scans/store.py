@@ -86,11 +86,14 @@ def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed,
     """Writes the rows still ours and pending; returns the progress message for them."""
     written: list[dict] = []
     with transaction.atomic():
+        # The scan's row first, as cancel_scan takes it: the same order, no deadlock,
+        # and a cancel never lands between this write's rows and its count.
+        _lock_scan(scan_id)
         for claimed, fetched in batch:
             values = _written_values(claimed, fetched)
             updated = Result.objects.filter(
                 pk=claimed.id, state=Result.PENDING, claimed_by=worker_id
-            ).update(claimed_by="", lease_until=None, **values)
+            ).update(claimed_by="", lease_until=None, fetched_by=worker_id, **values)
             if updated:
                 written.append(
                     result_dict({**values, "position": claimed.position, "url": claimed.url})
@@ -99,6 +102,10 @@ def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed,
             _count_written(scan_id, written)
         scan = Scan.objects.get(pk=scan_id)
     return message(scan, written)
+
+
+def _lock_scan(scan_id: uuid.UUID) -> None:
+    list(Scan.objects.select_for_update().filter(pk=scan_id).values_list("pk"))
 
 
 def _count_written(scan_id: uuid.UUID, written: list[dict]) -> None:
@@ -139,18 +146,23 @@ def cancel_scan(scan_id: uuid.UUID) -> dict | None:
     return message(scan, written)
 
 
-def renew_leases(worker_id: str) -> int:
-    return Result.objects.filter(claimed_by=worker_id, state=Result.PENDING).update(
-        lease_until=_lease_until()
-    )
+def renew_leases(worker_id: str, scan_ids: list[uuid.UUID]) -> int:
+    """Extends the worker's claims on the scans it still runs; others' leases run out."""
+    rows = Result.objects.filter(claimed_by=worker_id, state=Result.PENDING, scan_id__in=scan_ids)
+    return rows.update(lease_until=_lease_until())
 
 
-def release_claims(worker_id: str | None) -> list[uuid.UUID]:
-    """Hands a worker's unfinished rows back at once (None: every worker's); returns their scans."""
+def release_claims(worker_id: str | None, scan_id: uuid.UUID | None = None) -> list[uuid.UUID]:
+    """Hands a worker's unfinished rows back at once (None: every worker's); returns their scans.
+
+    A row handed back does not count as an attempt: its worker stopped in good order.
+    """
     with transaction.atomic():
         rows = Result.objects.filter(state=Result.PENDING).exclude(claimed_by="")
         if worker_id is not None:
             rows = rows.filter(claimed_by=worker_id)
+        if scan_id is not None:
+            rows = rows.filter(scan_id=scan_id)
         scan_ids = list(rows.values_list("scan_id", flat=True).distinct())
         rows.update(claimed_by="", lease_until=None, attempts=F("attempts") - 1)
     return scan_ids

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
@@ -62,8 +61,9 @@ def wake_worker(scan_id: uuid.UUID) -> None:
         if runner.loop is not None and runner.loop.is_running():
             runner.loop.call_soon_threadsafe(runner.start, scan_id)
         return
-    message = {"type": "scan.start", "scan_id": str(scan_id)}
-    async_to_sync(get_channel_layer().send)("scan-jobs", message)
+    from scans.runner import wake
+
+    async_to_sync(wake)(scan_id)
 
 
 def cancel(scan: Scan) -> bool:

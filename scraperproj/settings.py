@@ -100,15 +100,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 REDIS_URL = os.getenv("REDIS_URL", "")
 if REDIS_URL:
+    # The layer carries hints (wake-ups and progress); the database holds the
+    # truth, so these bounds lose nothing a page or a worker cannot rebuild.
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
-                # A watching page that falls behind loses messages, never
-                # the worker's time: it recovers from a database snapshot.
+                # Several deployments (or test runs) may share one Redis.
+                "prefix": os.getenv("CHANNELS_PREFIX", "asgi"),
+                # Messages waiting per channel. All the sockets of one daphne
+                # process share one Redis list, so this bounds what a slow
+                # process buffers; beyond it group messages are dropped, the
+                # page sees a gap in ``seq`` and asks for a snapshot. A full
+                # "scan-jobs" drops a wake-up, which the workers' sweep replaces.
                 "capacity": envint("CHANNELS_CAPACITY", 1000),
+                # Seconds a message waits unread: progress older than this is
+                # stale, and a wake-up no worker took is found by a sweep.
                 "expiry": envint("CHANNELS_EXPIRY", 30),
+                # A socket is dropped from its scan's group after this long; a
+                # day outlasts any scan the limits allow.
                 "group_expiry": 86400,
             },
         }
