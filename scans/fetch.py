@@ -14,6 +14,8 @@ address connected to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import socket
 import ssl
 import time
@@ -43,6 +45,7 @@ ERROR_KINDS = (
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 USER_AGENT = "scraperproj/1.0 (+https://github.com/scraperproj)"
+MAX_MESSAGE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,29 @@ def why_url_refused(url: str, allowed_ports: frozenset[int] | None) -> str | Non
         return "the URL has no host"
     if parts.username is not None or parts.password is not None:
         return "URLs with a user name or password are not allowed"
+    if _is_legacy_ipv4(parts.hostname):
+        return f"{parts.hostname} is not a standard IP address; write it as four decimal numbers"
     port = port or (443 if parts.scheme == "https" else 80)
     if allowed_ports is not None and port not in allowed_ports:
         allowed = ", ".join(str(p) for p in sorted(allowed_ports))
         return f"port {port} is not allowed (allowed: {allowed})"
     return None
+
+
+def _is_legacy_ipv4(host: str) -> bool:
+    """True for numeric forms such as ``2130706433``, ``0x7f.1`` or ``127.1``.
+
+    The C library reads these as addresses, so they would reach the resolver
+    as names; refused here, the person learns why instead of seeing "blocked".
+    """
+    try:
+        socket.inet_aton(host)
+    except (OSError, ValueError):
+        return False
+    try:
+        return str(ipaddress.IPv4Address(host)) != host
+    except ValueError:
+        return True
 
 
 class GuardedResolver(AbstractResolver):
@@ -138,11 +159,12 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
+        if not answers:
+            raise OSError(f"{host} has no addresses")
         verdicts = [(a, why_blocked(a["host"], self._allowed)) for a in answers]
         kept = [a for a, reason in verdicts if reason is None]
         if not kept:
-            reason = verdicts[0][1] if verdicts else "no addresses"
-            raise BlockedAddress(f"{host} resolves to a blocked address: {reason}")
+            raise BlockedAddress(f"{host} resolves to a blocked address: {verdicts[0][1]}")
         return kept
 
     async def close(self) -> None:
@@ -227,7 +249,10 @@ def classify(exc: BaseException, limits: Limits) -> tuple[str, str]:
         return "timeout", f"could not connect within {limits.connect_timeout_s:g} s"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns", f"could not resolve {exc.host}"
-    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        problem = getattr(exc.certificate_error, "verify_message", "") or exc.certificate_error
+        return "tls", f"the certificate of {exc.host} is not valid: {problem}"
+    if isinstance(exc, aiohttp.ClientSSLError):
         return "tls", f"TLS failed: {exc}"
     if isinstance(exc, ssl.SSLError):
         return "tls", f"TLS failed: {exc}"
@@ -238,7 +263,50 @@ def classify(exc: BaseException, limits: Limits) -> tuple[str, str]:
         )
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
         return "connect", f"the connection was closed or reset ({exc})"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Raised by the parser: the server's answer is not HTTP we can read.
+        return "other", f"not a valid HTTP answer: {' '.join(exc.message.split())}"
     return "other", f"{type(exc).__name__}: {exc}"
+
+
+class _HostGates:
+    """At most ``per_host`` fetches at once per scheme, host and port.
+
+    aiohttp's own per-host limit would queue inside the fetch, where the wait
+    would count toward the URL's deadline and timings. A gate is dropped when
+    nobody holds or awaits it, so a long-lived worker keeps no gate per host
+    it ever saw.
+    """
+
+    def __init__(self, per_host: int):
+        self.per_host = per_host
+        self._gates: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, url: str) -> AsyncIterator[None]:
+        key = _host_key(url)
+        gate, users = self._gates.get(key) or (asyncio.Semaphore(self.per_host), 0)
+        self._gates[key] = (gate, users + 1)
+        try:
+            async with gate:
+                yield
+        finally:
+            gate, users = self._gates[key]
+            if users == 1:
+                del self._gates[key]
+            else:
+                self._gates[key] = (gate, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._gates)
+
+
+def _host_key(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    except ValueError:
+        return ""
 
 
 class Fetcher:
@@ -248,6 +316,7 @@ class Fetcher:
         self.limits = limits
         self._inner_resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self._host_gates = _HostGates(limits.per_host)
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(
@@ -284,19 +353,28 @@ class Fetcher:
         return socket.socket(family, type_, proto)
 
     async def fetch(self, url: str, scan_start: float, timeout_s: float | None = None) -> Fetched:
-        """Fetches ``url``; ``scan_start`` is the ``time.monotonic()`` the scan began."""
-        timeout_s = timeout_s or self.limits.timeout_s
+        """Fetches ``url``; ``scan_start`` is the ``time.monotonic()`` the scan began.
+
+        Waiting for a free connection to the host comes first and counts
+        toward neither the deadline nor the timings.
+        """
+        async with self._host_gates.slot(url):
+            return await self._fetch_timed(url, scan_start, timeout_s or self.limits.timeout_s)
+
+    async def _fetch_timed(self, url: str, scan_start: float, timeout_s: float) -> Fetched:
         started = time.monotonic()
         result = Fetched(url=url, start_ms=_ms(started - scan_start))
+        deadline = asyncio.timeout(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with deadline:
                 await self._follow(url, result, started)
-        except TimeoutError:
-            result.error = "timeout"
-            result.error_message = f"no complete answer within {timeout_s:g} s"
         except Exception as e:  # noqa: BLE001 - every failure becomes a row's error
-            result.error, result.error_message = classify(e, self.limits)
-        if result.error:
+            if deadline.expired():
+                result.error = "timeout"
+                result.error_message = f"no complete answer within {timeout_s:g} s"
+            else:
+                result.error, result.error_message = classify(e, self.limits)
+            result.error_message = result.error_message[:MAX_MESSAGE_CHARS]
             result.size = result.wire_size = None
         result.elapsed_ms = _ms(time.monotonic() - started)
         result.finished_at = time.time()
