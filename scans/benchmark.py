@@ -1,0 +1,568 @@
+"""The throughput and latency benchmark behind ``manage.py bench``.
+
+One run starts the local target site (tests/target.py) in a process of its
+own and fetches the same pages three ways:
+
+(a) the seed's synchronous shape: urllib, one URL after another;
+(b) the seed's async shape: one aiohttp ClientSession and asyncio.gather,
+    streaming and counting bytes; the ceiling;
+(c) the whole system: real daphne (and ``runworker`` with Redis) processes on
+    a fresh database, the scan posted through the form, every result written
+    and read back from K WebSocket clients.
+
+The project's processes are started through ``python -m scans.benchmark``,
+which counts their SQL statements by verb into a file, so the benchmark sees
+the database work per result without touching the code it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from tests.client import Visitor
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK_BYTES = 64 * 1024
+# Not the tests' database 15: a worker there would take the tests' wake-ups.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
+DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
+STATEMENTS_EVERY_S = 0.5
+IDLE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Options:
+    urls: int = 10_000
+    concurrency: int = 100
+    delay_ms: int = 0
+    size_bytes: int = 1000
+    sync_urls: int = 200
+    clients: int = 1
+    redis_url: str | None = None
+    postgres_url: str | None = None
+    workers: int = 2
+    profile: bool = False
+    # Daphne's own default (1 MiB) when None; it caps what the server sends too.
+    websocket_max_message_bytes: int | None = None
+
+    @property
+    def separate_workers(self) -> bool:
+        return self.redis_url is not None
+
+
+def default_sync_urls(urls: int, delay_ms: int) -> int:
+    """Enough URLs for a per-URL cost, few enough to take seconds, not minutes."""
+    return min(urls, 200 if delay_ms == 0 else max(3, 3000 // delay_ms))
+
+
+@dataclass
+class Phase:
+    """One way of fetching the pages, and how long it took."""
+
+    urls: int
+    wall_s: float
+    body_bytes: int
+    errors: int
+
+    @property
+    def urls_per_s(self) -> float:
+        return self.urls / self.wall_s
+
+
+@dataclass
+class Watch:
+    """What one WebSocket client saw of the scan."""
+
+    total: int
+    expected_size: int
+    messages: int = 0
+    from_snapshot: int = 0
+    duplicates: int = 0
+    wrong: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+    last_result_at: float = 0.0
+    scan: dict = field(default_factory=dict)
+    seq: int = 0
+    error: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return len(self.seen) == self.total and not self.error
+
+
+@dataclass
+class SystemRun:
+    """(c): the whole system, and what its processes spent on it."""
+
+    phase: Phase
+    submit_s: float
+    watches: list[Watch]
+    statements: dict[str, Counter]
+    peak_rss_mb: dict[str, float | None]
+    cpu_s: dict[str, float | None]
+    workdir: Path
+
+
+@dataclass
+class Report:
+    options: Options
+    sync: Phase
+    ceiling: Phase
+    system: SystemRun
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+
+
+# Processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's resident-set high-water mark (VmHWM) so far; None once it has exited."""
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def cpu_s(pid: int) -> float | None:
+    """User plus system CPU time the process has used so far; None once it has exited."""
+    with suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        if fields[0] != "Z":
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+class Target:
+    """tests/target.py in a process of its own, so it shares no GIL with the clients."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.log_path = workdir / "target.log"
+
+    def __enter__(self) -> Target:
+        command = [sys.executable, "-m", "scans.benchmark", "target", str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+        wait_for_port(self.port, self.process)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        stop(self.process)
+
+    def urls(self, count: int, size_bytes: int, delay_ms: int) -> list[str]:
+        base = f"http://127.0.0.1:{self.port}/size/{size_bytes}?delay_ms={delay_ms}"
+        return [f"{base}&page={i}" for i in range(count)]
+
+
+# (a) and (b): the seed's two shapes
+
+
+def fetch_one_by_one(urls: list[str]) -> Phase:
+    """(a): urllib, one URL after another, each on a new connection."""
+    body_bytes = errors = 0
+    started = time.perf_counter()
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=IDLE_TIMEOUT_S) as response:
+                while chunk := response.read(CHUNK_BYTES):
+                    body_bytes += len(chunk)
+        except OSError:
+            errors += 1
+    return Phase(len(urls), time.perf_counter() - started, body_bytes, errors)
+
+
+async def fetch_gathered(urls: list[str], concurrency: int) -> Phase:
+    """(b): one ClientSession, ``concurrency`` fetches at a time, bodies streamed and counted."""
+    gate = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+
+    async def one(session: aiohttp.ClientSession, url: str) -> int | None:
+        async with gate:
+            try:
+                async with session.get(url) as response:
+                    body_bytes = 0
+                    async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                        body_bytes += len(chunk)
+                    return body_bytes
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return None
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        sizes = await asyncio.gather(*(one(session, url) for url in urls))
+        wall_s = time.perf_counter() - started
+    errors = sum(size is None for size in sizes)
+    return Phase(len(urls), wall_s, sum(size or 0 for size in sizes), errors)
+
+
+# (c): the whole system
+
+
+class Project:
+    """The system under test: a fresh database, one daphne, and with Redis, runworker processes."""
+
+    def __init__(self, options: Options, workdir: Path):
+        self.options = options
+        self.workdir = workdir
+        self.port = free_port()
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.database_name: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Project:
+        try:
+            self.env = self._env(self._create_database())
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+                cwd=ROOT,
+                env=self.env,
+                check=True,
+            )
+            self._start_all()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start_all(self) -> None:
+        web = ["daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+        if self.options.websocket_max_message_bytes is not None:
+            web += ["--websocket-max-message-size", str(self.options.websocket_max_message_bytes)]
+        web.append("scraperproj.asgi:application")
+        wait_for_port(self.port, self._start("web", web))
+        if self.options.separate_workers:
+            workers = [f"worker-{n}" for n in range(1, self.options.workers + 1)]
+            for name in workers:
+                self._start(name, ["manage", "runworker", "scan-jobs"])
+            # A worker counts its first statement (its first sweep) once it is up.
+            self._wait_for(lambda: all(self.statements().get(name) for name in workers))
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in self.processes.values():
+            stop(process)
+        if self.database_name:
+            self._drop_database()
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        env = {**self.env, "BENCH_STATEMENTS": str(self.workdir / f"{name}.statements.json")}
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "scans.benchmark", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes[name] = process
+        return process
+
+    def _wait_for(self, ready, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers did not start: see {self.workdir}")
+            time.sleep(0.1)
+
+    def _env(self, database_url: str) -> dict[str, str]:
+        options = self.options
+        env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+        env.update(
+            DJANGO_SETTINGS_MODULE="scraperproj.settings",
+            SECRET_KEY="bench-only-secret-key-" + "x" * 40,
+            DEBUG="0",
+            PYTHONUNBUFFERED="1",
+            LOG_LEVEL="WARNING",
+            DATABASE_URL=database_url,
+            SCANS_ALLOWED_NETWORKS="127.0.0.1/32",
+            SCANS_ALLOWED_PORTS="*",
+            SCANS_MAX_URLS=str(max(options.urls, 1000)),
+            SCANS_MAX_CONCURRENCY=str(max(options.concurrency, 100)),
+            # Every page is on one host, as it is for (b).
+            SCANS_PER_HOST_LIMIT=str(options.concurrency),
+            SCANS_WORKER_MAX_FETCHES=str(max(options.concurrency, 1000)),
+            # A Redis of its own within the shared one: no wake-ups taken from tests.
+            CHANNELS_PREFIX=f"bench-{uuid.uuid4().hex[:8]}",
+        )
+        if options.redis_url:
+            env["REDIS_URL"] = options.redis_url
+        return env
+
+    def _create_database(self) -> str:
+        if not self.options.postgres_url:
+            return f"sqlite:///{self.workdir / 'db.sqlite3'}"
+        import psycopg
+
+        self.database_name = f"scraperproj_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.options.postgres_url, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{self.database_name}"')
+        return urlsplit(self.options.postgres_url)._replace(path=f"/{self.database_name}").geturl()
+
+    def _drop_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.options.postgres_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
+
+    def statements(self) -> dict[str, Counter]:
+        counts = {}
+        for name in self.processes:
+            path = self.workdir / f"{name}.statements.json"
+            counts[name] = Counter(json.loads(path.read_text())) if path.exists() else Counter()
+        return counts
+
+    def peak_rss_mb(self) -> dict[str, float | None]:
+        return {name: peak_rss_mb(p.pid) for name, p in self.processes.items()}
+
+    def cpu_s(self) -> dict[str, float | None]:
+        return {name: cpu_s(p.pid) for name, p in self.processes.items()}
+
+
+class Profiler:
+    """py-spy recording every project process, one raw (collapsed-stack) file each."""
+
+    def __init__(self, project: Project):
+        py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+        self.processes = [
+            subprocess.Popen(
+                [py_spy, "record", "--pid", str(p.pid), "--rate", "250", "--threads"]
+                + [
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(project.workdir / f"{name}.py-spy.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, p in project.processes.items()
+        ]
+        time.sleep(1)  # py-spy takes a moment to attach.
+
+    def stop(self) -> None:
+        for process in self.processes:
+            stop(process, signal.SIGINT)
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _note_results(watch: Watch, message: dict, received_at: float) -> None:
+    live = message["type"] == "progress"
+    for result in message["results"]:
+        if result["state"] == "pending":
+            continue
+        if result["position"] in watch.seen:
+            watch.duplicates += 1
+            continue
+        watch.seen.add(result["position"])
+        watch.last_result_at = received_at
+        if result["state"] != "ok" or result["size"] != watch.expected_size:
+            watch.wrong += 1
+        if live:
+            watch.latencies_ms.append((received_at - _seconds(result["finished_at"])) * 1000)
+        else:
+            watch.from_snapshot += 1
+
+
+async def watch_scan(
+    session: aiohttp.ClientSession, base_url: str, scan_id: str, total: int, size_bytes: int
+) -> Watch:
+    """One client: reads the scan's socket until it holds every result and the scan is over."""
+    watch = Watch(total, size_bytes)
+    url = f"{base_url.replace('http', 'ws', 1)}/ws/scans/{scan_id}/"
+    try:
+        async with session.ws_connect(url, headers={"Origin": base_url}, max_msg_size=0) as ws:
+            while len(watch.seen) < total or watch.scan.get("status") not in ("done", "cancelled"):
+                frame = await ws.receive(timeout=IDLE_TIMEOUT_S)
+                received_at = time.time()
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"the socket ended: {frame.type.name} {frame.data}")
+                message = json.loads(frame.data)
+                watch.messages += 1
+                watch.scan, watch.seq = message["scan"], message["seq"]
+                _note_results(watch, message, received_at)
+    except (aiohttp.ClientError, ConnectionError, TimeoutError) as e:
+        watch.error = f"{type(e).__name__}: {e}"
+    return watch
+
+
+def _form_timeout_s(delay_ms: int) -> float:
+    return min(120.0, max(30.0, 5 * delay_ms / 1000))
+
+
+async def run_system(project: Project, urls: list[str], options: Options) -> SystemRun:
+    """(c): from the form's submit to the last result on the last client's socket."""
+    async with Visitor(project.url) as visitor:
+        # Hundreds of sockets need a session with no connection cap; they share the owner's cookies.
+        connector = aiohttp.TCPConnector(limit=0)
+        jar = visitor.session.cookie_jar
+        watchers = aiohttp.ClientSession(connector=connector, cookie_jar=jar)
+        # The first request starts the embedded runner; not part of the scan's time.
+        async with visitor.session.get(project.url + "/") as response:
+            await response.read()
+        await asyncio.sleep(0.5)
+        statements_before, cpu_before = project.statements(), project.cpu_s()
+        profiler = Profiler(project) if options.profile else None
+        started = time.time()
+        scan_id = await visitor.submit(urls, options.concurrency, _form_timeout_s(options.delay_ms))
+        submit_s = time.time() - started
+        watches = await asyncio.gather(
+            *(
+                watch_scan(watchers, project.url, scan_id, len(urls), options.size_bytes)
+                for _ in range(options.clients)
+            )
+        )
+        finished = max(w.last_result_at for w in watches)
+        await watchers.close()
+        if profiler:
+            profiler.stop()
+    await asyncio.sleep(3 * STATEMENTS_EVERY_S)
+    errors = sum(not w.complete for w in watches)
+    scan = watches[0].scan
+    phase = Phase(len(urls), finished - started, scan.get("total_bytes", 0), errors)
+    return SystemRun(
+        phase=phase,
+        submit_s=submit_s,
+        watches=watches,
+        statements=_minus(project.statements(), statements_before),
+        peak_rss_mb=project.peak_rss_mb(),
+        cpu_s=_used(project.cpu_s(), cpu_before),
+        workdir=project.workdir,
+    )
+
+
+def _used(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
+    return {name: None if s is None else s - (before[name] or 0) for name, s in after.items()}
+
+
+def _minus(after: dict[str, Counter], before: dict[str, Counter]) -> dict[str, Counter]:
+    return {name: counts - before.get(name, Counter()) for name, counts in after.items()}
+
+
+def run(options: Options, workdir: Path) -> Report:
+    """The whole benchmark: (a), (b) and (c) against one target process."""
+    load_before = os.getloadavg()
+    with Target(workdir) as target:
+        urls = target.urls(options.urls, options.size_bytes, options.delay_ms)
+        sync = fetch_one_by_one(urls[: options.sync_urls])
+        ceiling = asyncio.run(fetch_gathered(urls, options.concurrency))
+        with Project(options, workdir) as project:
+            system = asyncio.run(run_system(project, urls, options))
+    return Report(options, sync, ceiling, system, load_before, os.getloadavg())
+
+
+# What the project's processes run as: ``python -m scans.benchmark daphne|manage|target ...``
+
+
+def count_statements(path: Path) -> None:
+    """Counts this process's SQL statements by first word, rewriting ``path`` as they grow."""
+    from django.db.backends.signals import connection_created
+
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def count(execute, sql, params, many, context):
+        with lock:
+            counts[sql.lstrip().split(None, 1)[0].upper()] += 1
+        return execute(sql, params, many, context)
+
+    def add_counter(sender, connection, **kwargs) -> None:
+        if count not in connection.execute_wrappers:
+            connection.execute_wrappers.append(count)
+
+    def write_forever() -> None:
+        written: dict[str, int] = {}
+        while True:
+            with lock:
+                current = dict(counts)
+            if current != written:
+                path.with_suffix(".tmp").write_text(json.dumps(current))
+                path.with_suffix(".tmp").replace(path)
+                written = current
+            time.sleep(STATEMENTS_EVERY_S)
+
+    connection_created.connect(add_counter, weak=False)
+    threading.Thread(target=write_forever, daemon=True).start()
+
+
+def main(argv: list[str]) -> None:
+    kind, args = argv[0], argv[1:]
+    if kind == "target":
+        from tests.target import TargetServer
+
+        TargetServer(port=int(args[0])).start()
+        threading.Event().wait()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scraperproj.settings")
+    if os.getenv("BENCH_STATEMENTS"):
+        count_statements(Path(os.environ["BENCH_STATEMENTS"]))
+    if kind == "daphne":
+        from daphne.cli import CommandLineInterface
+
+        CommandLineInterface().run(args)
+    elif kind == "manage":
+        from django.core.management import execute_from_command_line
+
+        execute_from_command_line(["manage.py", *args])
+    else:
+        raise SystemExit(f"unknown process kind {kind!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
