@@ -11,10 +11,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import IN_CI, ROOT
 
@@ -53,8 +55,8 @@ def page(browser: Browser, server) -> Iterator[Page]:
     context.close()
 
 
-def screenshot(page: Page, name: str) -> None:
-    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+def screenshot(page: Page, name: str, full_page: bool = True) -> None:
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=full_page)
 
 
 def submit(page: Page, urls: list[str], concurrency: int = 10) -> str:
@@ -97,7 +99,7 @@ def sizes_shown(page: Page) -> dict[int, str]:
 
 
 def expected_sizes(sizes: list[int]) -> dict[str, str]:
-    return {str(i): f"{size} bytes" for i, size in enumerate(sizes)}
+    return {str(i): f"{size:,} bytes" for i, size in enumerate(sizes)}
 
 
 def test_it_fills_rows_live_and_the_bar_reaches_100_percent(page: Page, target):
@@ -218,3 +220,123 @@ def test_a_phone_width_screen_has_no_sideways_scroll(page: Page, target):
     page.goto("/")
     assert page.evaluate(overflow) <= 0
     screenshot(page, "phone-375-form")
+
+
+def bars(page: Page) -> list[dict]:
+    """The waterfall's bars as drawn: where each starts and ends, in milliseconds."""
+    return page.locator("[data-scan=waterfall] g.fetch").evaluate_all(
+        """bars => bars.map(g => {
+            const rects = [...g.querySelectorAll('rect')];
+            const x = Number(rects[0].getAttribute('x'));
+            const width = rects.reduce((sum, r) => sum + Number(r.getAttribute('width')), 0);
+            const ttfb = g.querySelector('line.ttfb');
+            return {position: Number(g.dataset.position), start: x, end: x + width,
+                    ttfb: ttfb && Number(ttfb.getAttribute('x1')) - x,
+                    title: g.querySelector('title').textContent};
+        })"""
+    )
+
+
+def test_the_waterfall_draws_each_fetch_as_it_finishes(page: Page, target):
+    sizes = [2000 + i for i in range(16)]
+    urls = sized(target, sizes, [200 + 50 * (i % 4) for i in range(16)])
+    scan_id = submit(page, urls, concurrency=4)
+
+    page.wait_for_function(
+        """n => {
+            const drawn = document.querySelectorAll('[data-scan=waterfall] g.fetch').length;
+            return drawn > 0 && drawn < n;
+        }""",
+        arg=len(urls),
+    )
+    span_running = page.locator("[data-scan=waterfall]").get_attribute("viewBox")
+    wait_for_status(page, "done")
+    expect(page.locator("[data-scan=waterfall] g.fetch")).to_have_count(len(urls))
+    screenshot(page, "waterfall-done")
+
+    results = page.request.get(f"/api/scans/{scan_id}/").json()["results"]
+    drawn = {bar["position"]: bar for bar in bars(page)}
+    for result in results:
+        bar = drawn[result["position"]]
+        assert bar["start"] == pytest.approx(result["start_ms"])
+        assert bar["end"] == pytest.approx(result["start_ms"] + result["elapsed_ms"])
+        assert bar["ttfb"] == pytest.approx(result["ttfb_ms"])
+        assert result["url"] in bar["title"]
+        assert f"done after {result['elapsed_ms']:.1f} ms" in bar["title"]
+        assert f"{result['size']:,} bytes" in bar["title"]
+    span_done = float(page.locator("[data-scan=waterfall]").get_attribute("viewBox").split()[2])
+    assert span_done > float(span_running.split()[2]), "the time axis grows as the scan runs"
+    assert span_done >= max(b["end"] for b in drawn.values())
+    expect(page.locator("[data-scan=axis] span").first).to_have_text("0 ms")
+
+
+SHOWN_POSITIONS = """() => [...document.querySelectorAll('tbody[data-scan=rows] tr')]
+    .filter(tr => tr.offsetParent !== null).map(tr => Number(tr.dataset.position))"""
+
+
+def positions_shown(page: Page) -> list[int]:
+    return page.evaluate(SHOWN_POSITIONS)
+
+
+def expect_positions(page: Page, expected: list[int]) -> None:
+    """Waits for the rows shown to be ``expected``: the order follows in an animation frame."""
+    same = f"expected => JSON.stringify(({SHOWN_POSITIONS})()) === JSON.stringify(expected)"
+    with suppress(PlaywrightTimeoutError):
+        page.wait_for_function(same, arg=expected, timeout=5000)
+    assert positions_shown(page) == expected
+
+
+def test_the_table_sorts_by_each_column_and_filters_to_errors(page: Page, target):
+    sizes = [700, 50, 3000, 10, 1500, 200]
+    urls = sized(target, sizes, [300, 0, 100, 200, 50, 150])
+    urls += [target.url("/status/404?size=7"), "http://no-such-host.invalid/"]
+    submit(page, urls, concurrency=8)
+    page.get_by_role("button", name="Size").click()  # sorted while rows still arrive
+    wait_for_status(page, "done")
+
+    # The failed fetch has no size: it stays last either way.
+    expect_positions(page, [6, 3, 1, 5, 0, 4, 2, 7])
+    expect(page.locator("th", has=page.get_by_role("button", name="Size"))).to_have_attribute(
+        "aria-sort", "ascending"
+    )
+    page.get_by_role("button", name="Size").click()
+    expect_positions(page, [2, 4, 0, 5, 1, 3, 6, 7])
+
+    page.get_by_role("button", name="Status").click()
+    expect_positions(page, [0, 1, 2, 3, 4, 5, 6, 7])  # 200s, then 404, then dns
+    page.get_by_role("button", name="Status").click()
+    expect_positions(page, [7, 6, 0, 1, 2, 3, 4, 5])
+
+    page.get_by_role("button", name="Time").click()
+    times = page.locator("tbody tr [data-field=elapsed_ms]").all_text_contents()
+    assert [float(t.removesuffix(" ms")) for t in times] == sorted(
+        float(t.removesuffix(" ms")) for t in times
+    )
+
+    page.get_by_role("button", name="#").click()
+    expect_positions(page, list(range(8)))
+    page.get_by_label("Errors only").check()
+    expect_positions(page, [6, 7])
+    expect(page.locator("[data-scan=shown]")).to_have_text("showing 2 of 8")
+    screenshot(page, "live-page-errors-only")
+    page.get_by_label("Errors only").uncheck()
+    expect_positions(page, list(range(8)))
+
+
+def test_it_stays_usable_with_a_thousand_rows(page: Page, target):
+    sizes = [(i * 7919) % 5000 for i in range(1000)]
+    submit(page, [target.url(f"/size/{s}?n={i}") for i, s in enumerate(sizes)], concurrency=50)
+    wait_for_status(page, "done")
+    expect(page.locator("[data-scan=waterfall] g.fetch")).to_have_count(1000)
+    screenshot(page, "live-page-1000-rows", full_page=False)
+
+    elapsed_ms = page.evaluate(
+        """() => {
+            const started = performance.now();
+            document.querySelector('button[data-sort=size]').click();
+            return performance.now() - started;
+        }"""
+    )
+    assert elapsed_ms < 250, f"sorting 1,000 rows took {elapsed_ms:.0f} ms"
+    shown = positions_shown(page)
+    assert [sizes[p] for p in shown] == sorted(sizes)

@@ -1,60 +1,65 @@
 // The live scan page: a snapshot on connect, then progress messages.
-// Rows are filled with textContent only; nothing from a fetched site is parsed as HTML.
+// Everything is built with createElement and textContent: nothing from a fetched
+// site is ever parsed as HTML.
+
+import { exactBytes, formatBytes, ms } from "./format.js";
+import { ResultsTable } from "./table.js";
+import { Waterfall } from "./waterfall.js";
+
+const WATERFALL_EVERY_MS = 100;
 
 const root = document.getElementById("scan");
 const el = (name) => root.querySelector(`[data-scan="${name}"]`);
-const rows = new Map(
-  [...el("rows").querySelectorAll("tr[data-position]")].map((tr) => [Number(tr.dataset.position), tr]),
-);
+const table = new ResultsTable(el("table"));
+const waterfall = new Waterfall(el("waterfall"), el("axis"), table.total);
 
 let socket = null;
 let lastSeq = -1;
 let retries = 0;
 let scan = { status: root.dataset.status, started: root.dataset.started || null, done: 0 };
-let finished = false;
-
-function formatBytes(n) {
-  if (n === null || n === undefined) return "";
-  const units = ["bytes", "KB", "MB", "GB"];
-  let value = n;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return unit === 0 ? `${n} bytes` : `${value.toFixed(1)} ${units[unit]}`;
-}
-
-const ms = (value) => (value === null || value === undefined ? "" : `${Math.round(value)} ms`);
-
-function statusText(result) {
-  if (result.state === "pending") return "…";
-  return result.error ? result.error : String(result.http_status);
-}
-
-function detailText(result) {
-  if (result.error) return result.error_message;
-  if (result.final_url && result.final_url !== result.url) return `→ ${result.final_url}`;
-  return "";
-}
-
-function updateRow(result) {
-  const tr = rows.get(result.position);
-  if (!tr) return;
-  tr.className = `state-${result.state}${result.error ? " has-error" : ""}`;
-  const cell = (field) => tr.querySelector(`[data-field="${field}"]`);
-  cell("status").textContent = statusText(result);
-  cell("size").textContent = formatBytes(result.size);
-  cell("size").title = result.size === null ? "" : `${result.size} bytes`;
-  cell("ttfb_ms").textContent = ms(result.ttfb_ms);
-  cell("elapsed_ms").textContent = ms(result.elapsed_ms);
-  cell("detail").textContent = detailText(result);
-}
+let finished = ["done", "cancelled"].includes(scan.status);
+let frame = 0;
+let waterfallDrawnAt = -Infinity;
+let waterfallStale = true;
 
 function elapsedMs() {
   if (scan.wall_ms !== null && scan.wall_ms !== undefined) return scan.wall_ms;
   if (!scan.started) return null;
-  return Date.now() - Date.parse(scan.started);
+  return Math.max(0, Date.now() - Date.parse(scan.started));
+}
+
+// Rows change as messages arrive; the sort order and the waterfall follow in the
+// next animation frame, and the waterfall at most every WATERFALL_EVERY_MS.
+function requestDraw() {
+  if (!frame) frame = requestAnimationFrame(draw);
+}
+
+function draw(now) {
+  frame = 0;
+  table.sort();
+  showCounts();
+  if (!waterfallStale) return;
+  if (now - waterfallDrawnAt < WATERFALL_EVERY_MS) {
+    requestDraw();
+    return;
+  }
+  waterfallDrawnAt = now;
+  waterfallStale = false;
+  waterfall.draw(finished ? null : elapsedMs(), scan.wall_ms);
+}
+
+function showCounts() {
+  el("failed").textContent = String(table.failed.size);
+  const errorsOnly = el("errors-only").checked;
+  el("shown").textContent = errorsOnly ? `showing ${table.failed.size} of ${table.total}` : "";
+}
+
+function updateResults(results) {
+  for (const result of results) {
+    if (table.update(result)) waterfall.add(result);
+  }
+  waterfallStale = true;
+  requestDraw();
 }
 
 function updateScan(next) {
@@ -68,7 +73,7 @@ function updateScan(next) {
   root.querySelector(".progress").setAttribute("aria-valuenow", String(done));
   el("sum").textContent = ms(scan.sum_ms);
   el("bytes").textContent = formatBytes(scan.total_bytes);
-  el("bytes").title = `${scan.total_bytes} bytes`;
+  el("bytes").title = exactBytes(scan.total_bytes);
   finished = scan.status === "done" || scan.status === "cancelled";
   if (finished && el("cancel")) el("cancel").remove();
   tick();
@@ -78,8 +83,10 @@ function tick() {
   const elapsed = elapsedMs();
   el("elapsed").textContent = elapsed === null ? "–" : ms(elapsed);
   if (finished && scan.wall_ms) {
-    el("speedup").textContent = `${(scan.sum_ms / scan.wall_ms).toFixed(1)}× faster than one after another`;
+    el("speedup").textContent = `${(scan.sum_ms / scan.wall_ms).toFixed(1)}×`;
   }
+  waterfallStale = true;
+  requestDraw();
 }
 
 function handle(message) {
@@ -88,7 +95,7 @@ function handle(message) {
     socket.send(JSON.stringify({ type: "snapshot" }));
   }
   lastSeq = Math.max(lastSeq, message.seq);
-  message.results.forEach(updateRow);
+  updateResults(message.results);
   updateScan(message.scan);
   root.dataset.seq = String(lastSeq);
   root.dataset.status = scan.status;
@@ -118,7 +125,13 @@ function connect() {
   });
 }
 
+el("errors-only").addEventListener("change", (event) => {
+  table.showErrorsOnly(event.target.checked);
+  showCounts();
+});
+table.showErrorsOnly(el("errors-only").checked);
 setInterval(() => {
   if (!finished) tick();
 }, 100);
+showCounts();
 connect();

@@ -1,0 +1,146 @@
+// The results table: rows rendered by the server, then kept up to date here.
+// Only rows whose result changed are touched; sorting moves rows, it never rebuilds them.
+
+import { exactBytes, formatBytes, ms } from "./format.js";
+
+export function isFailed(result) {
+  return result.state === "error" || (result.http_status ?? 0) >= 400;
+}
+
+function statusText(result) {
+  if (result.state === "pending") return "…";
+  return result.error ? result.error : String(result.http_status);
+}
+
+function detailText(result) {
+  if (result.error) return result.error_message;
+  if (result.final_url && result.final_url !== result.url) return `→ ${result.final_url}`;
+  return "";
+}
+
+// A row's key for each sortable column; null or undefined means "not known yet".
+// Status: answers by HTTP status first, then failed fetches by error name.
+const SORT_KEYS = {
+  position: (result) => result.position,
+  status: (result) => (result.state === "pending" ? null : (result.error ?? result.http_status)),
+  size: (result) => result.size,
+  ttfb_ms: (result) => result.ttfb_ms,
+  elapsed_ms: (result) => result.elapsed_ms,
+};
+
+function compareKeys(a, b) {
+  if (typeof a !== typeof b) return typeof a === "number" ? -1 : 1;
+  if (a === b) return 0;
+  return a < b ? -1 : 1;
+}
+
+const unknown = (key) => key === null || key === undefined;
+
+export class ResultsTable {
+  constructor(table) {
+    this.table = table;
+    this.tbody = table.tBodies[0];
+    this.rows = new Map();
+    this.cells = new Map();
+    this.results = new Map();
+    this.failed = new Set();
+    for (const tr of this.tbody.rows) {
+      const position = Number(tr.dataset.position);
+      this.rows.set(position, tr);
+      if (tr.hasAttribute("data-failed")) this.failed.add(position);
+    }
+    this.order = [...this.rows.keys()];
+    this.sortKey = "position";
+    this.descending = false;
+    this.unsorted = false;
+    table.tHead.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-sort]");
+      if (button) this.sortBy(button.dataset.sort);
+    });
+  }
+
+  get total() {
+    return this.rows.size;
+  }
+
+  // Returns whether anything changed: a snapshot repeats rows a page already shows.
+  update(result) {
+    const known = this.results.get(result.position);
+    if (known && known.state === result.state && known.finished_at === result.finished_at) {
+      return false;
+    }
+    this.results.set(result.position, result);
+    const tr = this.rows.get(result.position);
+    if (!tr) return false;
+    this.fill(tr, result);
+    if (this.sortKey !== "position") this.unsorted = true;
+    return true;
+  }
+
+  fill(tr, result) {
+    const cell = this.cellsOf(tr);
+    tr.className = `state-${result.state}`;
+    const failed = isFailed(result);
+    tr.toggleAttribute("data-failed", failed);
+    if (failed) this.failed.add(result.position);
+    else this.failed.delete(result.position);
+    cell.status.textContent = statusText(result);
+    cell.size.textContent = formatBytes(result.size);
+    cell.size.title = exactBytes(result.size);
+    cell.ttfb_ms.textContent = ms(result.ttfb_ms);
+    cell.elapsed_ms.textContent = ms(result.elapsed_ms);
+    cell.detail.textContent = detailText(result);
+  }
+
+  cellsOf(tr) {
+    const position = Number(tr.dataset.position);
+    if (!this.cells.has(position)) {
+      const cells = {};
+      for (const td of tr.querySelectorAll("[data-field]")) cells[td.dataset.field] = td;
+      this.cells.set(position, cells);
+    }
+    return this.cells.get(position);
+  }
+
+  sortBy(key) {
+    this.descending = key === this.sortKey ? !this.descending : false;
+    this.sortKey = key;
+    for (const button of this.table.tHead.querySelectorAll("button[data-sort]")) {
+      const th = button.closest("th");
+      if (button.dataset.sort === key) {
+        th.setAttribute("aria-sort", this.descending ? "descending" : "ascending");
+      } else {
+        th.removeAttribute("aria-sort");
+      }
+    }
+    this.unsorted = true;
+    this.sort();
+  }
+
+  // Rows whose key is not known yet stay last whichever way the column sorts.
+  sort() {
+    if (!this.unsorted) return;
+    this.unsorted = false;
+    const keyOf = SORT_KEYS[this.sortKey];
+    const sign = this.descending ? -1 : 1;
+    const keys = new Map();
+    for (const position of this.rows.keys()) {
+      const result = this.results.get(position) ?? { position, state: "pending" };
+      keys.set(position, keyOf(result));
+    }
+    const order = [...this.rows.keys()].sort((a, b) => {
+      const [ka, kb] = [keys.get(a), keys.get(b)];
+      if (unknown(ka) || unknown(kb)) return unknown(ka) - unknown(kb) || a - b;
+      return sign * compareKeys(ka, kb) || a - b;
+    });
+    if (order.every((position, i) => position === this.order[i])) return;
+    this.order = order;
+    const fragment = document.createDocumentFragment();
+    for (const position of order) fragment.append(this.rows.get(position));
+    this.tbody.append(fragment);
+  }
+
+  showErrorsOnly(on) {
+    this.table.classList.toggle("errors-only", on);
+  }
+}
