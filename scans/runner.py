@@ -128,12 +128,14 @@ class Runner:
             log.exception("scan %s failed in worker %s", scan_id, self.worker_id)
             # Hand its rows back; if even that fails, their leases run out (nobody renews them).
             with suppress(Exception):
-                await database_sync_to_async(store.release_claims)(self.worker_id, scan_id)
+                await database_sync_to_async(store.release_claims)(
+                    self.worker_id, scan_id, as_attempt=True
+                )
 
     async def _sweep_forever(self) -> None:
         if settings.SCANS_RUN_IN_WEB:
             # The only runner there is: claims left from before a restart are dead.
-            await database_sync_to_async(store.release_claims)(None)
+            await database_sync_to_async(store.release_claims)(None, as_attempt=True)
         while True:
             try:
                 for scan_id in await database_sync_to_async(store.scans_with_work)():

@@ -152,10 +152,14 @@ def renew_leases(worker_id: str, scan_ids: list[uuid.UUID]) -> int:
     return rows.update(lease_until=_lease_until())
 
 
-def release_claims(worker_id: str | None, scan_id: uuid.UUID | None = None) -> list[uuid.UUID]:
+def release_claims(
+    worker_id: str | None, scan_id: uuid.UUID | None = None, *, as_attempt: bool = False
+) -> list[uuid.UUID]:
     """Hands a worker's unfinished rows back at once (None: every worker's); returns their scans.
 
-    A row handed back does not count as an attempt: its worker stopped in good order.
+    A worker stopping in good order spends no attempt; a crash or a failure
+    does (``as_attempt``), as an expired lease would, so a URL that keeps
+    killing its worker still ends as an error.
     """
     with transaction.atomic():
         rows = Result.objects.filter(state=Result.PENDING).exclude(claimed_by="")
@@ -163,15 +167,18 @@ def release_claims(worker_id: str | None, scan_id: uuid.UUID | None = None) -> l
             rows = rows.filter(claimed_by=worker_id)
         if scan_id is not None:
             rows = rows.filter(scan_id=scan_id)
-        scan_ids = list(rows.values_list("scan_id", flat=True).distinct())
-        rows.update(claimed_by="", lease_until=None, attempts=F("attempts") - 1)
+        scan_ids = list(rows.values_list("scan_id", flat=True).order_by().distinct())
+        if as_attempt:
+            rows.update(claimed_by="", lease_until=None)
+        else:
+            rows.update(claimed_by="", lease_until=None, attempts=F("attempts") - 1)
     return scan_ids
 
 
 def scans_with_work() -> list[uuid.UUID]:
     """Active scans that have pending rows nobody holds (lost wake-ups, dead workers)."""
     rows = Result.objects.filter(scan__status__in=Scan.ACTIVE, state=Result.PENDING)
-    return list(rows.filter(_free()).values_list("scan_id", flat=True).distinct())
+    return list(rows.filter(_free()).values_list("scan_id", flat=True).order_by().distinct())
 
 
 def cancelled_among(scan_ids: list[uuid.UUID]) -> set[uuid.UUID]:

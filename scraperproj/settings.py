@@ -106,7 +106,10 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 times a read out after 5 s by default, the very time
+                # channels-redis blocks waiting for a message: a quiet socket or
+                # worker would die of it. Longer, so only a dead Redis times out.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 # Several deployments (or test runs) may share one Redis.
                 "prefix": os.getenv("CHANNELS_PREFIX", "asgi"),
                 # Messages waiting per channel. All the sockets of one daphne

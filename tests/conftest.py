@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +150,123 @@ def make_server(tmp_path: Path) -> Iterator:
     yield make
     for server in started:
         server.stop()
+
+
+# Many processes on the machine's Redis and PostgreSQL (issue 3).
+
+
+def _postgres_admin():
+    import psycopg
+
+    return psycopg.connect(POSTGRES_URL, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database of this run's own, cloned by ``postgres_url`` for each test."""
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    name = f"scraperproj_test_{uuid.uuid4().hex[:12]}"
+    with _postgres_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        migrate(project_env(tmp_path_factory.mktemp("pg"), DATABASE_URL=_database_url(name)))
+        yield name
+    finally:
+        with _postgres_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _database_url(name: str) -> str:
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def postgres_url(postgres_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test; dropped after it."""
+    name = f"{postgres_template}_{uuid.uuid4().hex[:8]}"
+    with _postgres_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    yield _database_url(name)
+    with _postgres_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> str:
+    need_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def scale_env(tmp_path: Path, postgres_url: str, redis_url: str) -> dict[str, str]:
+    """Environment for web and worker processes sharing one Redis and one PostgreSQL.
+
+    The channel prefix is the test's own, so runs side by side on one Redis
+    (another checkout's, another test's leftovers) never take each other's wake-ups.
+    """
+    return project_env(
+        tmp_path,
+        DATABASE_URL=postgres_url,
+        REDIS_URL=redis_url,
+        CHANNELS_PREFIX=f"test{uuid.uuid4().hex[:10]}",
+    )
+
+
+class Worker:
+    """A real ``manage.py runworker scan-jobs`` process; its id is read from its log."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self.worker_id = ""
+
+    def start(self) -> Worker:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runworker", "scan-jobs"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.worker_id = self._wait_for_id()
+        return self
+
+    def _wait_for_id(self, seconds: float = 30) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}")
+            found = re.search(r"worker (\S+) listening", self.log_path.read_text())
+            if found:
+                return found.group(1)
+            time.sleep(0.05)
+        raise RuntimeError(f"worker did not start within {seconds} s")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, seconds: float = 30) -> int:
+        return self.process.wait(seconds)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def make_worker(tmp_path: Path) -> Iterator:
+    """Starts runworker processes; kills any still running after the test."""
+    started: list[Worker] = []
+
+    def make(env: dict[str, str]) -> Worker:
+        worker = Worker(env, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker.start()
+
+    yield make
+    for worker in started:
+        worker.stop()

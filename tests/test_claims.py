@@ -1,0 +1,229 @@
+"""Claims and leases: a row is held by one worker at a time, written once, and never loops.
+
+The race runs real processes against PostgreSQL (and SQLite, which must be
+correct too); the rest drive ``scans.store`` and a real ``Runner`` in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import override_settings
+from django.utils import timezone
+
+from scans import runner as runner_module
+from scans import store
+from scans.fetch import Fetched
+from scans.models import Result, Scan
+from scans.runner import Runner
+from tests.conftest import ROOT, migrate, project_env
+
+WAIT_S = 60
+
+MAKE_SCAN = """
+import sys, django
+django.setup()
+from scans.models import Result, Scan
+total = int(sys.argv[1])
+scan = Scan.objects.create(concurrency=10, timeout_s=5, total=total)
+Result.objects.bulk_create(
+    [Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(total)]
+)
+print(scan.id)
+"""
+
+CLAIMANT = """
+import json, os, sys, time, django
+django.setup()
+from scans import store
+scan_id, me, go = sys.argv[1:4]
+while not os.path.exists(go):
+    time.sleep(0.001)
+mine = []
+while rows := store.claim(scan_id, me, 7):
+    mine += [row.id for row in rows]
+    time.sleep(0.002)  # fetching them, as a worker would
+print(json.dumps(mine))
+"""
+
+HOLDERS = """
+import json, sys, django
+django.setup()
+from scans.models import Result
+rows = Result.objects.filter(scan_id=sys.argv[1]).values_list("id", "claimed_by", "attempts")
+print(json.dumps(list(rows)))
+"""
+
+
+def django_code(env: dict[str, str], code: str, *args: object) -> str:
+    """Runs ``code`` in a fresh Django process with ``env``; returns what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database_env(request, tmp_path: Path) -> dict[str, str]:
+    if request.param == "postgres":
+        return project_env(tmp_path, DATABASE_URL=request.getfixturevalue("postgres_url"))
+    env = project_env(tmp_path)
+    migrate(env)
+    return env
+
+
+def test_workers_racing_on_one_scan_never_hold_the_same_row(database_env, tmp_path):
+    scan_id = django_code(database_env, MAKE_SCAN, 2000)
+    go = tmp_path / "go"
+    claimants = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMANT, scan_id, f"worker-{n}", go],
+            cwd=ROOT,
+            env=database_env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    go.touch()
+    held = {
+        f"worker-{n}": json.loads(c.communicate(timeout=WAIT_S)[0]) for n, c in enumerate(claimants)
+    }
+
+    every_claim = [row for rows in held.values() for row in rows]
+    assert len(every_claim) == len(set(every_claim)) == 2000
+    assert all(held.values()), "each worker should have won some rows"
+    holders = json.loads(django_code(database_env, HOLDERS, scan_id))
+    owner_of = {row: worker for worker, rows in held.items() for row in rows}
+    assert all(owner_of[row] == claimed_by for row, claimed_by, _ in holders)
+    assert {attempts for _, _, attempts in holders} == {1}
+
+
+# The rest run in this process, on the test database.
+
+
+@database_sync_to_async
+def make_scan(urls: list[str], status: str = Scan.QUEUED) -> Scan:
+    scan = Scan.objects.create(concurrency=5, timeout_s=5, total=len(urls), status=status)
+    Result.objects.bulk_create(Result(scan=scan, position=i, url=u) for i, u in enumerate(urls))
+    return scan
+
+
+@database_sync_to_async
+def rows_of(scan: Scan) -> list[Result]:
+    return list(Result.objects.filter(scan=scan).order_by("position"))
+
+
+@database_sync_to_async
+def scan_now(scan: Scan) -> Scan:
+    return Scan.objects.get(pk=scan.pk)
+
+
+async def wait_until_ended(scan: Scan) -> Scan:
+    async with asyncio.timeout(WAIT_S):
+        while (now := await scan_now(scan)).is_active:
+            await asyncio.sleep(0.05)
+    return now
+
+
+def expire_leases(scan: Scan) -> None:
+    Result.objects.filter(scan=scan).update(lease_until=timezone.now() - timedelta(seconds=1))
+
+
+@pytest.fixture
+async def runner():
+    """A real runner on the test's loop, as a worker runs one; stopped after the test."""
+    instance = Runner(worker_id="test-runner")
+    runner_module._runner = instance
+    yield instance
+    for task in [*instance.scans.values(), *instance._chores]:
+        task.cancel()
+    await asyncio.gather(*instance.scans.values(), *instance._chores, return_exceptions=True)
+    if instance._fetcher is not None:
+        await instance._fetcher.__aexit__(None, None, None)
+    runner_module._runner = None
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_scan_whose_start_message_was_never_sent_still_runs(target, runner):
+    scan = await make_scan([target.url(f"/size/{n}") for n in (10, 20, 30)])
+    # No wake-up: only the runner's sweep can find the scan.
+    runner.ensure_started()
+    ended = await wait_until_ended(scan)
+    assert ended.status == Scan.DONE
+    assert [(r.state, r.size) for r in await rows_of(scan)] == [("ok", 10), ("ok", 20), ("ok", 30)]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(SCANS_MAX_ATTEMPTS=3)
+async def test_a_url_whose_claim_expired_too_often_ends_as_an_error(target, runner):
+    scan = await make_scan([target.url("/size/10"), target.url("/size/20")])
+    for dead in ("dead-1", "dead-2", "dead-3"):
+        # A worker claims the first row, dies, and its lease runs out.
+        assert [
+            c.position for c in await database_sync_to_async(store.claim)(scan.id, dead, 1)
+        ] == [0]
+        await database_sync_to_async(expire_leases)(scan)
+
+    runner.start(scan.id)
+    ended = await wait_until_ended(scan)
+
+    first, second = await rows_of(scan)
+    assert ended.status == Scan.DONE and ended.done == 2
+    assert (first.state, first.error, first.attempts) == ("error", "other", 4)
+    assert "gave up" in first.error_message and first.size is None
+    assert (second.state, second.size, second.attempts) == ("ok", 20, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_only_the_worker_holding_a_row_writes_it():
+    scan = Scan.objects.create(concurrency=1, timeout_s=5, total=1, status=Scan.RUNNING)
+    Result.objects.create(scan=scan, position=0, url="http://127.0.0.1/")
+    (slow,) = store.claim(scan.id, "slow", 1)
+    expire_leases(scan)
+    (fast,) = store.claim(scan.id, "fast", 1)
+    assert store.claim(scan.id, "third", 1) == []
+
+    late = store.write_results(scan.id, "slow", [(slow, Fetched(url=slow.url, size=1))])
+    written = store.write_results(scan.id, "fast", [(fast, Fetched(url=fast.url, size=2))])
+    again = store.write_results(scan.id, "fast", [(fast, Fetched(url=fast.url, size=3))])
+
+    assert late["results"] == [] and again["results"] == []
+    assert [r["size"] for r in written["results"]] == [2]
+    row = Result.objects.get(scan=scan)
+    assert (row.state, row.size, row.fetched_by, row.claimed_by) == ("ok", 2, "fast", "")
+    scan.refresh_from_db()
+    assert (scan.status, scan.done, scan.total_bytes) == (Scan.DONE, 1, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_stopping_hands_its_rows_back_without_spending_an_attempt():
+    scan = Scan.objects.create(concurrency=1, timeout_s=5, total=3, status=Scan.RUNNING)
+    Result.objects.bulk_create(
+        Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(3)
+    )
+    assert len(store.claim(scan.id, "stopping", 2)) == 2
+    assert len(store.claim(scan.id, "staying", 1)) == 1
+
+    assert store.release_claims("stopping") == [scan.id]
+
+    rows = {r.position: r for r in Result.objects.filter(scan=scan)}
+    assert [(rows[i].claimed_by, rows[i].attempts) for i in range(3)] == [
+        ("", 0),
+        ("", 0),
+        ("staying", 1),
+    ]
+    assert [c.position for c in store.claim(scan.id, "other", 5)] == [0, 1]
