@@ -8,10 +8,11 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from scans import exports
 from scans.access import get_scan_for_visitor, too_many_active, visitor_scans
 from scans.forms import ScanForm
 from scans.submit import cancel, create_scan, run_again
@@ -55,3 +56,21 @@ def cancel_scan(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     scan = get_scan_for_visitor(request, scan_id)
     cancel(scan)
     return redirect("scans:detail", scan_id=scan.id)
+
+
+def _download(response: HttpResponse, filename: str) -> HttpResponse:
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def export_csv(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    scan = get_scan_for_visitor(request, scan_id)
+    response = HttpResponse(exports.as_csv(scan), content_type="text/csv; charset=utf-8")
+    return _download(response, exports.filename(scan, "csv"))
+
+
+def export_json(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    scan = get_scan_for_visitor(request, scan_id)
+    response = JsonResponse(exports.as_json(scan), json_dumps_params={"indent": 1})
+    return _download(response, exports.filename(scan, "json"))

@@ -6,6 +6,8 @@ test-artifacts/ for a person to look at after the run.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import subprocess
 import sys
@@ -203,6 +205,7 @@ def test_an_admin_finds_the_scan_and_its_results(page: Page, browser: Browser, s
     expect(inline).to_contain_text(urls[0])
     expect(inline).to_contain_text("4321")
     expect(inline).to_contain_text("1234")
+    expect(admin.get_by_role("link", name="Export CSV")).to_be_visible()
     screenshot(admin, "admin-scan-change")
     admin.context.close()
 
@@ -340,3 +343,19 @@ def test_it_stays_usable_with_a_thousand_rows(page: Page, target):
     assert elapsed_ms < 250, f"sorting 1,000 rows took {elapsed_ms:.0f} ms"
     shown = positions_shown(page)
     assert [sizes[p] for p in shown] == sorted(sizes)
+
+
+def test_the_live_page_downloads_the_scan_as_csv(page: Page, target):
+    sizes = [300, 100, 200]
+    urls = sized(target, sizes, [0, 0, 0]) + ["http://no-such-host.invalid/"]
+    submit(page, urls)
+    wait_for_status(page, "done")
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="CSV").click()
+    assert download.value.suggested_filename.endswith(".csv")
+    header, *rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
+    by_name = [dict(zip(header, row, strict=True)) for row in rows]
+    assert [row["url"] for row in by_name] == urls
+    assert [row["size"] for row in by_name] == ["300", "100", "200", ""]
+    assert [row["error"] for row in by_name] == ["", "", "", "dns"]
