@@ -83,7 +83,8 @@ function tick() {
   const elapsed = elapsedMs();
   el("elapsed").textContent = elapsed === null ? "–" : ms(elapsed);
   if (finished && scan.wall_ms) {
-    el("speedup").textContent = `${(scan.sum_ms / scan.wall_ms).toFixed(1)}×`;
+    const ratio = scan.sum_ms / scan.wall_ms;
+    el("speedup").textContent = `${ratio.toFixed(ratio < 1 ? 2 : 1)}×`;
   }
   waterfallStale = true;
   requestDraw();
