@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,6 +19,7 @@ import pytest
 
 from scans.fetch import Fetched, Fetcher, Limits, fetch_all
 from tests.client import Visitor, watch
+from tests.conftest import ROOT
 
 MIB = 1024 * 1024
 LOOPBACK = Limits(
@@ -181,25 +186,47 @@ async def test_the_rest_of_a_scan_completes_beside_every_hostile_page(target):
     assert max(good_done_s) < 1.0
 
 
-async def test_a_fetched_site_cannot_put_script_in_the_scan_page(server, target):
+async def test_a_fetched_site_cannot_put_script_in_our_pages(server, target):
     script = '<script>alert("x")</script>'
     urls = [
         target.url(f"/redirect-to?url=/size/5?q='\">{script}"),
         target.url("/bad-status-line"),
         target.url(f'/content-type?value=text/html">{script}'),
     ]
-    async with Visitor(server.url) as visitor:
+    async with Visitor(server.url) as visitor, Visitor(server.url) as staff:
         scan_id = await visitor.submit(urls)
         async with visitor.socket(scan_id) as ws:
             _, results = await watch(ws, total=len(urls))
-        async with visitor.session.get(f"{server.url}/scans/{scan_id}/") as response:
-            page = await response.text()
+        page = await get_text(visitor, f"/scans/{scan_id}/")
+        await log_in_as_staff(staff, server)
+        admin_page = await get_text(staff, f"/admin/scans/scan/{scan_id}/change/")
 
     # The site's words arrive as data, whole ...
     assert results[0]["final_url"].startswith(target.url("/size/5?q="))
-    assert "<script>" in results[1]["error_message"]
+    assert '<script>alert("status")</script>' in results[1]["error_message"]
     assert results[2]["content_type"] == f'text/html">{script}'
-    # ... and the page shows them as text, never as markup.
-    assert "<script>alert" not in page
-    assert "&lt;script&gt;alert(&quot;status&quot;)&lt;/script&gt;" in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    # ... and our pages show them as text, never as markup.
+    for html in (page, admin_page):
+        assert "<script>alert" not in html
+        assert "&lt;script&gt;alert(&quot;status&quot;)&lt;/script&gt;" in html
+        assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+
+
+async def get_text(visitor: Visitor, path: str) -> str:
+    async with visitor.session.get(visitor.base_url + path) as response:
+        assert response.status == 200, path
+        return await response.text()
+
+
+async def log_in_as_staff(visitor: Visitor, server) -> None:
+    name, password = f"staff-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    command = [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", name]
+    env = {**server.env, "DJANGO_SUPERUSER_PASSWORD": password}
+    subprocess.run([*command, "--email", f"{name}@example.com"], cwd=ROOT, env=env, check=True)
+    page = await get_text(visitor, "/admin/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = {"csrfmiddlewaretoken": token, "username": name, "password": password, "next": "/admin/"}
+    async with visitor.session.post(
+        server.url + "/admin/login/", data=form, allow_redirects=False
+    ) as response:
+        assert response.status == 302, await response.text()
