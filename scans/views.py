@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from scans import exports
 from scans.access import get_scan_for_visitor, too_many_active, visitor_scans
 from scans.forms import ScanForm
+from scans.history import previous_results
 from scans.submit import cancel, create_scan, run_again
 
 
@@ -39,7 +40,11 @@ def scan_list(request: HttpRequest) -> HttpResponse:
 
 def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     scan = get_scan_for_visitor(request, scan_id)
-    return render(request, "scans/detail.html", {"scan": scan, "results": scan.results.all()})
+    results = list(scan.results.all())
+    previous = previous_results(scan)
+    for result in results:
+        result.previous = previous.get(result.url)
+    return render(request, "scans/detail.html", {"scan": scan, "results": results})
 
 
 @require_POST

@@ -359,3 +359,17 @@ def test_the_live_page_downloads_the_scan_as_csv(page: Page, target):
     assert [row["url"] for row in by_name] == urls
     assert [row["size"] for row in by_name] == ["300", "100", "200", ""]
     assert [row["error"] for row in by_name] == ["", "", "", "dns"]
+
+
+def test_run_again_shows_each_urls_change_against_the_last_scan(page: Page, target):
+    urls = sized(target, [1000, 2000, 3000], [50, 100, 150])
+    first = submit(page, urls, concurrency=3)
+    wait_for_status(page, "done")
+    page.get_by_role("button", name="Run again").click()
+    page.wait_for_url(SCAN_PATH)
+    assert SCAN_PATH.search(page.url).group(1) != first
+    wait_for_status(page, "done")
+    change = page.locator("tbody[data-scan=rows] tr[data-position='1'] [data-field=change]")
+    expect(change).to_have_text(re.compile(r"^[+−]\d+ ms$"))
+    assert change.get_attribute("title").startswith("last scan: 2,000 bytes in ")
+    screenshot(page, "live-page-run-again")

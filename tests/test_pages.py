@@ -131,3 +131,15 @@ def test_the_history_pages_through_past_scans(client):
     first, second = client.get("/scans/").text, client.get("/scans/?page=2").text
     assert str(scans[-1].id) in first and str(scans[0].id) not in first
     assert str(scans[0].id) in second and "Page 2 of 2" in second
+
+
+def test_the_live_page_carries_each_urls_previous_figures(client):
+    first = submit(client, "http://a.example/\nhttp://b.example/")
+    Result.objects.filter(scan=first, position=0).update(state="ok", size=2048, elapsed_ms=120.5)
+    Scan.objects.filter(pk=first.id).update(status=Scan.DONE)
+    second = submit(client, "http://b.example/\nhttp://a.example/")
+    page = client.get(f"/scans/{second.id}/").text
+    row_a = page[page.index('data-position="1"') :].split("</tr>")[0]
+    row_b = page[page.index('data-position="0"') :].split("</tr>")[0]
+    assert 'data-prev-size="2048" data-prev-ms="120.5"' in row_a
+    assert "data-prev-size" not in row_b

@@ -12,6 +12,18 @@ function statusText(result) {
   return result.error ? result.error : String(result.http_status);
 }
 
+// Against the owner's previous scan of the same URL, from the row's data-prev-* attributes.
+function changeText(result, previous) {
+  if (result.state !== "ok" || previous.prevSize === undefined) return ["", ""];
+  const parts = [];
+  const sizeChange = result.size - Number(previous.prevSize);
+  if (sizeChange !== 0) parts.push(`${sizeChange > 0 ? "+" : "−"}${formatBytes(Math.abs(sizeChange))}`);
+  const timeChange = result.elapsed_ms - Number(previous.prevMs);
+  parts.push(`${timeChange >= 0 ? "+" : "−"}${ms(Math.abs(timeChange))}`);
+  const title = `last scan: ${exactBytes(Number(previous.prevSize))} in ${ms(Number(previous.prevMs))}`;
+  return [parts.join(", "), title];
+}
+
 function detailText(result) {
   if (result.error) return result.error_message;
   if (result.final_url && result.final_url !== result.url) return `→ ${result.final_url}`;
@@ -90,6 +102,7 @@ export class ResultsTable {
     cell.ttfb_ms.textContent = ms(result.ttfb_ms);
     cell.elapsed_ms.textContent = ms(result.elapsed_ms);
     cell.detail.textContent = detailText(result);
+    [cell.change.textContent, cell.change.title] = changeText(result, tr.dataset);
   }
 
   cellsOf(tr) {
