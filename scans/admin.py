@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.http import HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from scans import submit
+from scans import exports, submit
 from scans.models import Result, Scan
 
 
@@ -47,10 +48,9 @@ class ScanAdmin(admin.ModelAdmin):
     list_filter = ("status", ("owner", admin.RelatedOnlyFieldListFilter), "created")
     date_hierarchy = "created"
     search_fields = ("results__url",)
-    readonly_fields = (
+    fields = readonly_fields = (
         "id",
-        "owner",
-        "visitor_key",
+        "owner_name",
         "status",
         "concurrency",
         "timeout_s",
@@ -63,9 +63,8 @@ class ScanAdmin(admin.ModelAdmin):
         "finished",
         "live_page",
     )
-    exclude = ("seq",)
     inlines = [ResultInline]
-    actions = ["run_again", "cancel"]
+    actions = ["run_again", "cancel", "export_csv"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("owner")
@@ -84,6 +83,21 @@ class ScanAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Scans are records: staff read them (and act on them), never edit them.
+        return False
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    @admin.action(description="Export the selected scans' results as CSV")
+    def export_csv(self, request, queryset) -> HttpResponse:
+        scans = list(queryset.order_by("created"))
+        body = exports.many_as_csv(scans)
+        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="scans.csv"'
+        return response
 
     @admin.action(description="Run the selected scans again")
     def run_again(self, request, queryset) -> None:

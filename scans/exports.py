@@ -40,6 +40,17 @@ def as_csv(scan: Scan) -> str:
     return out.getvalue()
 
 
+def many_as_csv(scans: list[Scan]) -> str:
+    """Several scans in one file: each row starts with its scan's id."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(("scan", *COLUMNS))
+    for scan in scans:
+        for row in results(scan):
+            writer.writerow([scan.id, *(_cell(row[name]) for name in COLUMNS)])
+    return out.getvalue()
+
+
 def as_json(scan: Scan) -> dict:
     return {"scan": scan_dict(scan), "columns": list(COLUMNS), "results": results(scan)}
 

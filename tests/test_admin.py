@@ -70,3 +70,25 @@ def test_run_again_and_cancel_actions(admin_client):
     admin_client.post("/admin/scans/scan/", {"action": "cancel", "_selected_action": [running.id]})
     running.refresh_from_db()
     assert running.status == "cancelled"
+
+
+def test_scans_are_read_only_and_export_as_csv(admin_client):
+    first, second = make_scan(["http://a.example/"]), make_scan(["http://=b.example/"])
+    page = admin_client.get(f"/admin/scans/scan/{first.id}/change/").text
+    assert 'name="_save"' not in page and "anonymous visitor" in page
+    assert admin_client.post(f"/admin/scans/scan/{first.id}/change/", {}).status_code == 403
+    response = admin_client.post(
+        "/admin/scans/scan/", {"action": "export_csv", "_selected_action": [first.id, second.id]}
+    )
+    lines = response.content.decode().splitlines()
+    assert response["Content-Type"].startswith("text/csv")
+    assert lines[0].startswith("scan,position,url,state")
+    assert lines[1].startswith(f"{first.id},0,http://a.example/,ok,")
+    assert lines[2].startswith(f"{second.id},0,http://=b.example/,ok,")
+    assert len(lines) == 3
+
+
+def test_non_staff_users_cannot_open_the_admin(client):
+    User.objects.create_user("joe", password="pw-joe-123")
+    client.login(username="joe", password="pw-joe-123")
+    assert client.get("/admin/scans/scan/").status_code == 302
