@@ -132,6 +132,17 @@ async def bad_status_line(request: web.Request) -> web.Response:
     return web.Response()
 
 
+async def endless_headers(request: web.Request) -> web.Response:
+    # Header lines without end, written under aiohttp's own response.
+    request.transport.write(b"HTTP/1.1 200 OK\r\n")
+    line = b"X-Padding: " + b"a" * 100 + b"\r\n"
+    with contextlib.suppress(ConnectionResetError, AttributeError):
+        while True:
+            request.transport.write(line * 100)
+            await asyncio.sleep(0.001)
+    return web.Response()
+
+
 async def content_type_page(request: web.Request) -> web.Response:
     return web.Response(body=b"ok", headers={"Content-Type": request.query["value"]})
 
@@ -156,6 +167,7 @@ def make_app() -> web.Application:
     app.router.add_get("/gzip-bomb", gzip_bomb)
     app.router.add_get("/reset", reset)
     app.router.add_get("/bad-status-line", bad_status_line)
+    app.router.add_get("/endless-headers", endless_headers)
     app.router.add_get("/content-type", content_type_page)
     app.router.add_get("/html", html_page)
     return app

@@ -49,6 +49,7 @@ HOSTILE = [
         "only http:// and https://",
     ),
     ("headers that never come", "/never", "timeout", "no complete answer within 1.5 s"),
+    ("headers that never end", "/endless-headers", "other", "Too many headers"),
     ("reset connection", "/reset", "connect", "closed or reset"),
     (
         "untrusted certificate",
