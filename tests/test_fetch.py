@@ -105,6 +105,13 @@ async def test_a_host_that_does_not_resolve_is_a_dns_error():
     assert result.http_status is None and result.size is None
 
 
+async def test_a_name_the_system_resolver_refuses_is_a_dns_error():
+    # The C library refuses a label that starts with "-" before asking any DNS server.
+    result = await fetch("http://-no-such-host-.invalid/")
+    assert result.error == "dns"
+    assert result.error_message == "could not resolve -no-such-host-.invalid"
+
+
 async def test_fetch_all_yields_each_url_the_moment_it_is_done(target):
     urls = [target.url("/size/10?delay_ms=600"), target.url("/size/20")]
     order = [position for position, _ in await fetch_every(urls)]
