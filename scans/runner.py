@@ -62,6 +62,15 @@ async def announce(scan_id: uuid.UUID | str, message: dict) -> None:
     await get_channel_layer().group_send(group_name(scan_id), {"type": "scan.progress", **message})
 
 
+async def announce_or_log(scan_id: uuid.UUID | str, message: dict) -> None:
+    """Announces written results; a layer that fails loses a hint, never a result:
+    the pages see the gap in ``seq`` and read the database."""
+    try:
+        await announce(scan_id, message)
+    except Exception:
+        log.exception("could not announce progress of scan %s", scan_id)
+
+
 class Runner:
     def __init__(self, worker_id: str | None = None):
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -204,6 +213,7 @@ class ScanRun:
         self.exhausted = False
         self.stopping = False
         self.claiming = asyncio.Lock()
+        self.failing_since: float | None = None
         # Offsets are from the scan's start, wherever and whenever that was.
         self.scan_start = time.monotonic() - (time.time() - plan.started_epoch)
 
@@ -254,11 +264,24 @@ class ScanRun:
         if not self.finished:
             return
         batch, self.finished = self.finished, []
-        message = await database_sync_to_async(store.write_results)(
-            self.scan_id, self.runner.worker_id, batch
-        )
+        try:
+            message = await database_sync_to_async(store.write_results)(
+                self.scan_id, self.runner.worker_id, batch
+            )
+        except Exception:
+            log.exception("worker %s could not write results", self.runner.worker_id)
+            # Nothing of it was written: keep it for the next flush, for as long
+            # as our claims can hold. Then the run ends and its rows go back.
+            self.finished[:0] = batch
+            self.failing_since = self.failing_since or time.monotonic()
+            if time.monotonic() - self.failing_since > settings.SCANS_LEASE_SECONDS:
+                self.exhausted = True
+                self.queue.clear()
+                raise
+            return
+        self.failing_since = None
         if message["results"]:
-            await announce(self.scan_id, message)
+            await announce_or_log(self.scan_id, message)
 
 
 _runner: Runner | None = None

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from scans.fetch import Fetched
@@ -37,12 +39,16 @@ class ScanPlan:
     started_epoch: float
 
 
-def _lease_until() -> datetime:
-    return timezone.now() + timedelta(seconds=settings.SCANS_LEASE_SECONDS)
+# Leases are read and written on the database's clock, the one clock every
+# worker shares, so a worker host whose clock is off cannot steal live claims.
+
+
+def _lease_until() -> CombinedExpression:
+    return Now() + timedelta(seconds=settings.SCANS_LEASE_SECONDS)
 
 
 def _free() -> Q:
-    return Q(claimed_by="") | Q(lease_until__lt=timezone.now())
+    return Q(claimed_by="") | Q(lease_until__lt=Now())
 
 
 def begin_scan(scan_id: uuid.UUID) -> ScanPlan | None:
@@ -65,12 +71,12 @@ def claim(scan_id: uuid.UUID, worker_id: str, count: int) -> list[Claimed]:
         ids = list(rows.order_by("position").values_list("id", flat=True)[:count])
         if not ids:
             return []
-        lease = _lease_until()
-        # Conditional again: on SQLite the select above locks nothing.
+        # Conditional again, though the select locked the rows on PostgreSQL and
+        # SQLite's transaction holds the whole database.
         Result.objects.filter(id__in=ids, state=Result.PENDING).filter(_free()).update(
-            claimed_by=worker_id, lease_until=lease, attempts=F("attempts") + 1
+            claimed_by=worker_id, lease_until=_lease_until(), attempts=F("attempts") + 1
         )
-        mine = Result.objects.filter(id__in=ids, claimed_by=worker_id, lease_until=lease)
+        mine = Result.objects.filter(id__in=ids, claimed_by=worker_id)
         return [Claimed(*row) for row in mine.values_list("id", "position", "url", "attempts")]
 
 

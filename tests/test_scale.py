@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from yarl import URL
 
 from tests.client import Visitor
+from tests.conftest import free_port
 from tests.target import body_of
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -273,6 +274,23 @@ async def test_a_wake_up_the_layer_refuses_does_not_fail_the_submit(
     for scan_id in (first, second):
         scan = await wait_until_ended(scale_env["DATABASE_URL"], scan_id)
         assert scan["status"] == "done"
+
+
+async def test_a_worker_cut_off_from_redis_still_finishes_scans(
+    target, scale_env, make_server, make_worker
+):
+    web_server = make_server(scale_env)
+    # Nothing listens there: no wake-up reaches this worker and no announcement leaves it.
+    worker = make_worker({**scale_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    urls, sizes = sized_urls(target, 5, delay_ms=0)
+    async with Visitor(web_server.url) as visitor:
+        scan_id = await visitor.submit(urls)
+        scan = await wait_until_ended(scale_env["DATABASE_URL"], scan_id)
+        snapshot = await visitor.snapshot(scan_id)
+
+    assert scan["status"] == "done"
+    assert [(r["state"], r["size"]) for r in snapshot["results"]] == [("ok", s) for s in sizes]
+    assert worker.process.poll() is None
 
 
 async def test_cancel_stops_every_worker_and_ends_pending_rows_as_cancelled(

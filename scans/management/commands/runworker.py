@@ -4,6 +4,8 @@ Channels' worker runs no code until its first message; ours starts the
 runner at once, so a worker that starts after a wake-up was lost still finds
 the scan. On SIGTERM (or Ctrl-C) it stops taking wake-ups, writes what it has
 fetched, hands its unfinished rows back and wakes another worker for them.
+Without Redis it goes on with what its sweeps find, and listens again when
+Redis is back.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from scans.runner import get_runner
 
 log = logging.getLogger(__name__)
 
+RELISTEN_S = 2.0
+
 
 class ScanWorker(Worker):
     async def handle(self) -> None:
@@ -30,14 +34,18 @@ class ScanWorker(Worker):
             loop.add_signal_handler(signum, stop.set)
         listeners = [asyncio.ensure_future(self.listener(name)) for name in self.channels]
         log.info("worker %s listening on %s", runner.worker_id, ", ".join(self.channels))
-        stopped = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait([stopped, *listeners], return_when=asyncio.FIRST_COMPLETED)
-        for task in [stopped, *listeners]:
+        await stop.wait()
+        for task in listeners:
             task.cancel()
         await runner.shutdown()
-        # A listener that ended on its own failed (the layer is gone): say why.
-        for task in done - {stopped}:
-            task.result()
+
+    async def listener(self, channel: str) -> None:
+        while True:
+            try:
+                await super().listener(channel)
+            except Exception:
+                log.exception("no wake-ups on %s; listening again in %g s", channel, RELISTEN_S)
+                await asyncio.sleep(RELISTEN_S)
 
 
 class Command(runworker.Command):
