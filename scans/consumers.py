@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 
 from channels.consumer import AsyncConsumer
@@ -14,12 +16,15 @@ from scans.runner import get_runner, group_name
 from scans.snapshots import snapshot
 
 BAD_MESSAGE = 4400
+SNAPSHOT_EVERY_S = 1.0
 
 
 class ScanConsumer(AsyncJsonWebsocketConsumer):
     """Sends a snapshot on connect (and on request), then relays progress."""
 
     group: str | None = None
+    last_snapshot = float("-inf")
+    owed_snapshot: asyncio.Task | None = None
 
     async def connect(self) -> None:
         self.scan_id = self.scope["url_route"]["kwargs"]["scan_id"]
@@ -33,23 +38,39 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         await self.send_snapshot()
 
     async def disconnect(self, code: int) -> None:
+        if self.owed_snapshot is not None:
+            self.owed_snapshot.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             content = json.loads(text_data or "")
-        except ValueError:
+        except (ValueError, RecursionError):
             content = None
         if isinstance(content, dict) and content.get("type") == "snapshot":
-            await self.send_snapshot()
+            await self.snapshot_soon()
         else:
             await self.close(code=BAD_MESSAGE)
+
+    async def snapshot_soon(self) -> None:
+        """Answers a snapshot request, at most one per SNAPSHOT_EVERY_S: each reads every row."""
+        wait_s = self.last_snapshot + SNAPSHOT_EVERY_S - time.monotonic()
+        if wait_s <= 0:
+            await self.send_snapshot()
+        elif self.owed_snapshot is None:
+            self.owed_snapshot = asyncio.create_task(self.send_snapshot_after(wait_s))
+
+    async def send_snapshot_after(self, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
+        self.owed_snapshot = None
+        await self.send_snapshot()
 
     async def scan_progress(self, event: dict) -> None:
         await self.send_json({**event, "type": "progress"})
 
     async def send_snapshot(self) -> None:
+        self.last_snapshot = time.monotonic()
         await self.send_json({"type": "snapshot", **await self.read_snapshot()})
 
     @database_sync_to_async

@@ -212,7 +212,7 @@ def test_an_admin_finds_the_scan_and_its_results(page: Page, browser: Browser, s
 
 def test_a_phone_width_screen_has_no_sideways_scroll(page: Page, target):
     long_url = target.url(f"/size/2048?padding={'x' * 300}")
-    urls = [long_url, target.url("/status/404?size=7"), "http://no-such-host.invalid/"]
+    urls = [long_url, target.url("/status/404?size=7"), "http://-no-such-host-.invalid/"]
     page.set_viewport_size({"width": 375, "height": 800})
     submit(page, urls)
     wait_for_status(page, "done")
@@ -292,7 +292,7 @@ def expect_positions(page: Page, expected: list[int]) -> None:
 def test_the_table_sorts_by_each_column_and_filters_to_errors(page: Page, target):
     sizes = [700, 50, 3000, 10, 1500, 200]
     urls = sized(target, sizes, [300, 0, 100, 200, 50, 150])
-    urls += [target.url("/status/404?size=7"), "http://no-such-host.invalid/"]
+    urls += [target.url("/status/404?size=7"), "http://-no-such-host-.invalid/"]
     submit(page, urls, concurrency=8)
     page.get_by_role("button", name="Size").click()  # sorted while rows still arrive
     wait_for_status(page, "done")
@@ -347,7 +347,7 @@ def test_it_stays_usable_with_a_thousand_rows(page: Page, target):
 
 def test_the_live_page_downloads_the_scan_as_csv(page: Page, target):
     sizes = [300, 100, 200]
-    urls = sized(target, sizes, [0, 0, 0]) + ["http://no-such-host.invalid/"]
+    urls = sized(target, sizes, [0, 0, 0]) + ["http://-no-such-host-.invalid/"]
     submit(page, urls)
     wait_for_status(page, "done")
 

@@ -152,3 +152,16 @@ async def test_garbage_from_the_client_closes_its_socket(target):
     await ws.send_to(text_data="{not json")
     closed = await ws.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4400}
+
+
+async def test_a_flood_of_snapshot_requests_gets_one_snapshot_a_second(target):
+    scan = await make_scan([target.url("/size/5")])
+    ws = communicator(scan.id, await session_cookie("visitor-1"))
+    await ws.connect()
+    await ws.receive_json_from()
+    for _ in range(50):
+        await ws.send_json_to({"type": "snapshot"})
+    owed = await ws.receive_json_from(timeout=3)
+    assert owed["type"] == "snapshot"
+    assert await ws.receive_nothing(timeout=1.2)
+    await ws.disconnect()

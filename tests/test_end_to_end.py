@@ -22,7 +22,7 @@ def sized_urls(target, count: int, delay_ms: int = 0) -> tuple[list[str], list[i
 async def test_it_shows_every_result_live_with_the_right_size(server, target):
     urls, sizes = sized_urls(target, 30, delay_ms=50)
     urls.append(target.url("/status/404?size=7"))
-    urls.append("http://no-such-host.invalid/")
+    urls.append("http://-no-such-host-.invalid/")
     async with Visitor(server.url) as visitor:
         scan_id = await visitor.submit(urls, concurrency=5)
         async with visitor.socket(scan_id) as ws:
