@@ -227,3 +227,27 @@ def test_a_worker_stopping_hands_its_rows_back_without_spending_an_attempt():
         ("staying", 1),
     ]
     assert [c.position for c in store.claim(scan.id, "other", 5)] == [0, 1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_fetched_twice_by_one_worker_is_written_and_counted_once():
+    scan = Scan.objects.create(concurrency=1, timeout_s=5, total=2, status=Scan.RUNNING)
+    Result.objects.bulk_create(
+        Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(2)
+    )
+    first, second = store.claim(scan.id, "w", 2)
+    # Its own lease ran out while it fetched, and it claimed the row again.
+    expire_leases(scan)
+    (again,) = store.claim(scan.id, "w", 1)
+    assert again.id == first.id
+
+    batch = [(first, Fetched(url=first.url, size=10)), (again, Fetched(url=again.url, size=11))]
+    message = store.write_results(scan.id, "w", [*batch, (second, Fetched(url="", size=20))])
+
+    assert [(r["position"], r["size"]) for r in message["results"]] == [(0, 10), (1, 20)]
+    assert list(Result.objects.filter(scan=scan).values_list("size", "fetched_by")) == [
+        (10, "w"),
+        (20, "w"),
+    ]
+    scan.refresh_from_db()
+    assert (scan.status, scan.done, scan.total_bytes) == (Scan.DONE, 2, 30)
