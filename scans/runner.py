@@ -214,6 +214,7 @@ class ScanRun:
         self.stopping = False
         self.claiming = asyncio.Lock()
         self.failing_since: float | None = None
+        self.shared = False
         # Offsets are from the scan's start, wherever and whenever that was.
         self.scan_start = time.monotonic() - (time.time() - plan.started_epoch)
 
@@ -253,7 +254,20 @@ class ScanRun:
                     )
                     self.queue.extend(rows)
                     self.exhausted = not rows
+                    await self._share(len(rows))
         return self.queue.popleft() if self.queue else None
+
+    async def _share(self, claimed: int) -> None:
+        """After a first full batch, wakes one more worker to share the rest of the scan.
+
+        Redis hands the wake-up to the worker that has waited longest, which passes
+        it on in turn, so a big scan reaches every idle worker, not only at sweeps.
+        """
+        if self.shared or settings.SCANS_RUN_IN_WEB:
+            return
+        self.shared = True
+        if claimed == self.plan.concurrency:
+            await wake(self.scan_id)
 
     async def _flush_forever(self) -> None:
         while not self.stopping:
