@@ -6,6 +6,8 @@ own and fetches the same pages three ways:
 (a) the seed's synchronous shape: urllib, one URL after another;
 (b) the seed's async shape: one aiohttp ClientSession and asyncio.gather,
     streaming and counting bytes; the ceiling;
+(f) the project's own fetcher alone (scans.fetch), to tell its cost from
+    the rest of the pipeline's;
 (c) the whole system: real daphne (and ``runworker`` with Redis) processes on
     a fresh database, the scan posted through the form, every result written
     and read back from K WebSocket clients.
@@ -129,6 +131,7 @@ class Report:
     options: Options
     sync: Phase
     ceiling: Phase
+    fetcher: Phase
     system: SystemRun
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
@@ -245,6 +248,26 @@ async def fetch_gathered(urls: list[str], concurrency: int) -> Phase:
         wall_s = time.perf_counter() - started
     errors = sum(size is None for size in sizes)
     return Phase(len(urls), wall_s, sum(size or 0 for size in sizes), errors)
+
+
+async def fetch_with_fetcher(urls: list[str], concurrency: int, timeout_s: float) -> Phase:
+    """(f): the project's own fetcher alone (``scans.fetch.fetch_all``), before any database."""
+    from scans.addresses import parse_networks
+    from scans.fetch import Limits, fetch_all
+
+    limits = Limits(
+        timeout_s=timeout_s,
+        per_host=concurrency,
+        max_open=max(concurrency, 1000),
+        allowed_networks=tuple(parse_networks("127.0.0.1/32")),
+        allowed_ports=None,
+    )
+    body_bytes = errors = 0
+    started = time.perf_counter()
+    async for _, fetched in fetch_all(urls, limits, concurrency):
+        errors += fetched.error is not None
+        body_bytes += fetched.size or 0
+    return Phase(len(urls), time.perf_counter() - started, body_bytes, errors)
 
 
 # (c): the whole system
@@ -377,21 +400,13 @@ class Profiler:
 
     def __init__(self, project: Project):
         py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-        self.processes = [
-            subprocess.Popen(
-                [py_spy, "record", "--pid", str(p.pid), "--rate", "250", "--threads"]
-                + [
-                    "--nonblocking",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(project.workdir / f"{name}.py-spy.txt"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for name, p in project.processes.items()
-        ]
+        self.processes = []
+        for name, process in project.processes.items():
+            output = project.workdir / f"{name}.py-spy.txt"
+            command = [py_spy, "record", "--pid", str(process.pid), "--rate", "250", "--threads"]
+            command += ["--nonblocking", "--format", "raw", "--output", str(output)]
+            with open(project.workdir / f"{name}.py-spy.log", "ab") as log:
+                self.processes.append(subprocess.Popen(command, stdout=log, stderr=log))
         time.sleep(1)  # py-spy takes a moment to attach.
 
     def stop(self) -> None:
@@ -447,7 +462,9 @@ def _form_timeout_s(delay_ms: int) -> float:
     return min(120.0, max(30.0, 5 * delay_ms / 1000))
 
 
-async def run_system(project: Project, urls: list[str], options: Options) -> SystemRun:
+async def run_system(
+    project: Project, target: Target, urls: list[str], options: Options
+) -> SystemRun:
     """(c): from the form's submit to the last result on the last client's socket."""
     async with Visitor(project.url) as visitor:
         # Hundreds of sockets need a session with no connection cap; they share the owner's cookies.
@@ -458,7 +475,7 @@ async def run_system(project: Project, urls: list[str], options: Options) -> Sys
         async with visitor.session.get(project.url + "/") as response:
             await response.read()
         await asyncio.sleep(0.5)
-        statements_before, cpu_before = project.statements(), project.cpu_s()
+        statements_before, cpu_before = project.statements(), _cpu_s(project, target)
         profiler = Profiler(project) if options.profile else None
         started = time.time()
         scan_id = await visitor.submit(urls, options.concurrency, _form_timeout_s(options.delay_ms))
@@ -469,23 +486,34 @@ async def run_system(project: Project, urls: list[str], options: Options) -> Sys
                 for _ in range(options.clients)
             )
         )
-        finished = max(w.last_result_at for w in watches)
+        finished = max(w.last_result_at if w.complete else time.time() for w in watches)
         await watchers.close()
         if profiler:
             profiler.stop()
     await asyncio.sleep(3 * STATEMENTS_EVERY_S)
-    errors = sum(not w.complete for w in watches)
-    scan = watches[0].scan
-    phase = Phase(len(urls), finished - started, scan.get("total_bytes", 0), errors)
+    first = watches[0]
+    # Of what the first client saw: results that were missing, failed, or of the wrong size.
+    errors = len(urls) - len(first.seen) + first.wrong
+    phase = Phase(len(urls), finished - started, first.scan.get("total_bytes", 0), errors)
     return SystemRun(
         phase=phase,
         submit_s=submit_s,
         watches=watches,
         statements=_minus(project.statements(), statements_before),
         peak_rss_mb=project.peak_rss_mb(),
-        cpu_s=_used(project.cpu_s(), cpu_before),
+        cpu_s=_used(_cpu_s(project, target), cpu_before),
         workdir=project.workdir,
     )
+
+
+def _cpu_s(project: Project, target: Target) -> dict[str, float | None]:
+    """CPU seconds so far of the project's processes, the target, and this process's clients."""
+    clients = os.times()
+    return {
+        **project.cpu_s(),
+        "target": cpu_s(target.process.pid),
+        "clients": clients.user + clients.system,
+    }
 
 
 def _used(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
@@ -497,15 +525,17 @@ def _minus(after: dict[str, Counter], before: dict[str, Counter]) -> dict[str, C
 
 
 def run(options: Options, workdir: Path) -> Report:
-    """The whole benchmark: (a), (b) and (c) against one target process."""
+    """The whole benchmark: (a), (b), (f) and (c) against one target process."""
     load_before = os.getloadavg()
     with Target(workdir) as target:
         urls = target.urls(options.urls, options.size_bytes, options.delay_ms)
         sync = fetch_one_by_one(urls[: options.sync_urls])
         ceiling = asyncio.run(fetch_gathered(urls, options.concurrency))
+        timeout_s = _form_timeout_s(options.delay_ms)
+        fetcher = asyncio.run(fetch_with_fetcher(urls, options.concurrency, timeout_s))
         with Project(options, workdir) as project:
-            system = asyncio.run(run_system(project, urls, options))
-    return Report(options, sync, ceiling, system, load_before, os.getloadavg())
+            system = asyncio.run(run_system(project, target, urls, options))
+    return Report(options, sync, ceiling, fetcher, system, load_before, os.getloadavg())
 
 
 # What the project's processes run as: ``python -m scans.benchmark daphne|manage|target ...``

@@ -110,6 +110,7 @@ class Command(BaseCommand):
         rows = [
             ("(a) urllib, one by one", sync),
             ("(b) aiohttp + gather", ceiling),
+            ("(f) scans.fetch alone", report.fetcher),
             ("(c) whole system", system),
         ]
         lines = [f"\n{'':26}{'URLs':>7}{'wall s':>9}{'URLs/s':>9}{'errors':>8}"]
@@ -118,10 +119,16 @@ class Command(BaseCommand):
                 f"{name:26}{phase.urls:>7}{phase.wall_s:>9.2f}{phase.urls_per_s:>9.0f}"
                 f"{phase.errors:>8}"
             )
+        # A run that lost results has no throughput to compare.
+        c_over_b = (
+            f"{system.urls_per_s / ceiling.urls_per_s:.2f}"
+            if all(w.complete for w in report.system.watches)
+            else "n/a (results missing)"
+        )
         lines.append(
-            f"(a) per URL {sync.wall_s / sync.urls * 1000:.2f} ms;  "
-            f"c/b {system.urls_per_s / ceiling.urls_per_s:.2f};  "
-            f"b/a {ceiling.urls_per_s / sync.urls_per_s:.1f}"
+            f"(a) per URL {sync.wall_s / sync.urls * 1000:.2f} ms;  c/b {c_over_b};  "
+            f"b/a {ceiling.urls_per_s / sync.urls_per_s:.1f};  "
+            f"f/b {report.fetcher.urls_per_s / ceiling.urls_per_s:.2f}"
         )
         before, after = report.load_before, report.load_after
         lines.append(f"load average before {before[0]:.2f}, after {after[0]:.2f}")
