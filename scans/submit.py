@@ -68,10 +68,10 @@ def wake_worker(scan_id: uuid.UUID) -> None:
 
 def cancel(scan: Scan) -> bool:
     """Cancels an active scan and tells every watching page; False if it had ended."""
-    from scans.runner import announce
+    from scans.runner import announce_or_log
 
     message = store.cancel_scan(scan.id)
     if message is None:
         return False
-    async_to_sync(announce)(scan.id, message)
+    async_to_sync(announce_or_log)(scan.id, message)
     return True

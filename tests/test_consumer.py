@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -165,3 +166,20 @@ async def test_a_flood_of_snapshot_requests_gets_one_snapshot_a_second(target):
     assert owed["type"] == "snapshot"
     assert await ws.receive_nothing(timeout=1.2)
     await ws.disconnect()
+
+
+async def test_a_big_scan_snapshot_comes_in_parts_that_fit_a_message():
+    scan = await make_scan([f"http://s{i}.example/{'x' * 200}" for i in range(2500)])
+    ws = communicator(scan.id, await session_cookie("visitor-1"))
+    await ws.connect()
+    parts = [await ws.receive_json_from(timeout=10) for _ in range(3)]
+    await ws.disconnect()
+    assert [(p["type"], p["part"], p["parts"]) for p in parts] == [
+        ("snapshot", 1, 3),
+        ("snapshot", 2, 3),
+        ("snapshot", 3, 3),
+    ]
+    assert len({p["seq"] for p in parts}) == 1
+    positions = [r["position"] for p in parts for r in p["results"]]
+    assert positions == list(range(2500))
+    assert max(len(json.dumps(p)) for p in parts) < 1024 * 1024

@@ -90,7 +90,20 @@ function tick() {
   requestDraw();
 }
 
+// A scan's last message can be lost too, and no later one would show the gap:
+// a running scan whose page hears nothing for a while asks the database.
+const QUIET_MS = 5000;
+let lastHeard = Date.now();
+
+function askIfQuiet() {
+  if (finished || !socket || socket.readyState !== WebSocket.OPEN) return;
+  if (Date.now() - lastHeard < QUIET_MS) return;
+  lastHeard = Date.now();
+  socket.send(JSON.stringify({ type: "snapshot" }));
+}
+
 function handle(message) {
+  lastHeard = Date.now();
   if (message.type === "progress" && message.seq > lastSeq + 1) {
     // A message was lost (the layer drops, never retries): the database has it.
     socket.send(JSON.stringify({ type: "snapshot" }));
@@ -134,5 +147,6 @@ table.showErrorsOnly(el("errors-only").checked);
 setInterval(() => {
   if (!finished) tick();
 }, 100);
+setInterval(askIfQuiet, 1000);
 showCounts();
 connect();
