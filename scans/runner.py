@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from typing import TypeVar
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 
 from scans import store
 from scans.fetch import Fetched, Fetcher, Limits
@@ -39,6 +43,32 @@ def spawn(coro) -> asyncio.Task:
     """A task in a fresh context: one started while serving a request must not
     inherit that request's thread-sensitive executor, which dies with it."""
     return asyncio.create_task(coro, context=contextvars.Context())
+
+
+T = TypeVar("T")
+_db_thread = ThreadPoolExecutor(1, thread_name_prefix="scans-db")
+
+
+async def db(query: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Runs a store query on the runner's own thread and connection.
+
+    Not queued behind page requests on Django's shared thread, and not
+    reconnected for every call (which on PostgreSQL costs more than the query).
+    """
+    call = functools.partial(_keep_connection, query, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_db_thread, call)
+
+
+def _keep_connection(query: Callable[..., T], *args: object, **kwargs: object) -> T:
+    try:
+        return query(*args, **kwargs)
+    except (OperationalError, InterfaceError):
+        connection.close()  # a broken connection: the next query opens a new one
+        raise
+
+
+def close_connection() -> None:
+    connection.close()
 
 
 def group_name(scan_id: uuid.UUID | str) -> str:
@@ -125,7 +155,7 @@ class Runner:
         try:
             while True:
                 self.woken.discard(scan_id)
-                plan = await database_sync_to_async(store.begin_scan)(scan_id)
+                plan = await db(store.begin_scan, scan_id)
                 if plan is None:
                     return
                 await ScanRun(self, scan_id, plan).run()
@@ -137,17 +167,15 @@ class Runner:
             log.exception("scan %s failed in worker %s", scan_id, self.worker_id)
             # Hand its rows back; if even that fails, their leases run out (nobody renews them).
             with suppress(Exception):
-                await database_sync_to_async(store.release_claims)(
-                    self.worker_id, scan_id, as_attempt=True
-                )
+                await db(store.release_claims, self.worker_id, scan_id, as_attempt=True)
 
     async def _sweep_forever(self) -> None:
         if settings.SCANS_RUN_IN_WEB:
             # The only runner there is: claims left from before a restart are dead.
-            await database_sync_to_async(store.release_claims)(None, as_attempt=True)
+            await db(store.release_claims, None, as_attempt=True)
         while True:
             try:
-                for scan_id in await database_sync_to_async(store.scans_with_work)():
+                for scan_id in await db(store.scans_with_work):
                     self.start(scan_id)
             except Exception:
                 log.exception("worker %s could not sweep for work", self.worker_id)
@@ -160,9 +188,7 @@ class Runner:
             try:
                 await self._stop_cancelled()
                 if time.monotonic() - renewed > settings.SCANS_LEASE_SECONDS / 3:
-                    await database_sync_to_async(store.renew_leases)(
-                        self.worker_id, list(self.scans)
-                    )
+                    await db(store.renew_leases, self.worker_id, list(self.scans))
                     renewed = time.monotonic()
             except Exception:
                 log.exception("worker %s could not renew its leases", self.worker_id)
@@ -170,10 +196,21 @@ class Runner:
     async def _stop_cancelled(self) -> None:
         if not self.scans:
             return
-        for scan_id in await database_sync_to_async(store.cancelled_among)(list(self.scans)):
+        for scan_id in await db(store.cancelled_among, list(self.scans)):
             task = self.scans.get(scan_id)
             if task is not None:
                 task.cancel()
+
+    async def close(self) -> None:
+        """Stops everything this runner runs, and closes its session and connection."""
+        tasks = [*self._chores, *self.scans.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._fetcher is not None:
+            await self._fetcher.__aexit__(None, None, None)
+        # Queries already handed to the thread finish first: none outlives the runner.
+        await db(close_connection)
 
     async def shutdown(self) -> None:
         """Writes what finished and hands the rest back to the other workers at once.
@@ -186,7 +223,7 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        released = await database_sync_to_async(store.release_claims)(self.worker_id)
+        released = await db(store.release_claims, self.worker_id)
         for scan_id in released:
             await wake(scan_id)
         log.info("worker %s handed back the rows of %d scans", self.worker_id, len(released))
@@ -246,11 +283,14 @@ class ScanRun:
             self.finished.append((claimed, fetched))
 
     async def _next(self) -> Claimed | None:
-        if not self.queue and not self.exhausted:
+        """The next row to fetch. Claims the next batch while half of this one is still
+        queued, so the other fetch loops never sit idle at a batch boundary."""
+        low = len(self.queue) <= self.plan.concurrency // 2
+        if low and not self.exhausted and (not self.queue or not self.claiming.locked()):
             async with self.claiming:
-                if not self.queue and not self.exhausted:
-                    rows = await database_sync_to_async(store.claim)(
-                        self.scan_id, self.runner.worker_id, self.plan.concurrency
+                if len(self.queue) <= self.plan.concurrency // 2 and not self.exhausted:
+                    rows = await db(
+                        store.claim, self.scan_id, self.runner.worker_id, self.plan.concurrency
                     )
                     self.queue.extend(rows)
                     self.exhausted = not rows
@@ -279,9 +319,7 @@ class ScanRun:
             return
         batch, self.finished = self.finished, []
         try:
-            message = await database_sync_to_async(store.write_results)(
-                self.scan_id, self.runner.worker_id, batch
-            )
+            message = await db(store.write_results, self.scan_id, self.runner.worker_id, batch)
         except Exception:
             log.exception("worker %s could not write results", self.runner.worker_id)
             # Nothing of it was written: keep it for the next flush, for as long

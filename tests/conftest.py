@@ -270,3 +270,15 @@ def make_worker(tmp_path: Path) -> Iterator:
     yield make
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+async def runner():
+    """A real runner on the test's loop, as the web process or a worker runs one."""
+    from scans import runner as runner_module
+
+    instance = runner_module.Runner(worker_id="test-runner")
+    runner_module._runner = instance
+    yield instance
+    await instance.close()
+    runner_module._runner = None

@@ -18,11 +18,9 @@ from channels.db import database_sync_to_async
 from django.test import override_settings
 from django.utils import timezone
 
-from scans import runner as runner_module
 from scans import store
 from scans.fetch import Fetched
 from scans.models import Result, Scan
-from scans.runner import Runner
 from tests.conftest import ROOT, migrate, project_env
 
 WAIT_S = 60
@@ -141,20 +139,6 @@ async def wait_until_ended(scan: Scan) -> Scan:
 
 def expire_leases(scan: Scan) -> None:
     Result.objects.filter(scan=scan).update(lease_until=timezone.now() - timedelta(seconds=1))
-
-
-@pytest.fixture
-async def runner():
-    """A real runner on the test's loop, as a worker runs one; stopped after the test."""
-    instance = Runner(worker_id="test-runner")
-    runner_module._runner = instance
-    yield instance
-    for task in [*instance.scans.values(), *instance._chores]:
-        task.cancel()
-    await asyncio.gather(*instance.scans.values(), *instance._chores, return_exceptions=True)
-    if instance._fetcher is not None:
-        await instance._fetcher.__aexit__(None, None, None)
-    runner_module._runner = None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -15,10 +15,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 
-from scans import runner as runner_module
 from scans.models import Result, Scan
 from scans.routing import websocket_urlpatterns
-from scans.runner import Runner
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,19 +52,6 @@ def session_cookie(visitor_key: str | None = None, user: User | None = None) -> 
 def communicator(scan_id, cookie: str, origin: str = "http://127.0.0.1") -> WebsocketCommunicator:
     headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1"), (b"cookie", cookie.encode())]
     return WebsocketCommunicator(application, f"/ws/scans/{scan_id}/", headers=headers)
-
-
-@pytest.fixture
-async def runner():
-    """A real runner on the test's loop, as the web process runs one."""
-    instance = Runner(worker_id="test-worker")
-    runner_module._runner = instance
-    yield instance
-    for task in [*instance.scans.values(), *instance._chores]:
-        task.cancel()
-    if instance._fetcher is not None:
-        await instance._fetcher.__aexit__(None, None, None)
-    runner_module._runner = None
 
 
 async def receive_until_done(ws: WebsocketCommunicator, total: int) -> list[dict]:
