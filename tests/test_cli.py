@@ -47,3 +47,25 @@ def test_it_refuses_bad_urls_naming_the_line(target, tmp_path):
     listing.write_text(f"{target.url('/size/1')}\nftp://nope/\n")
     with pytest.raises(CommandError, match="Line 3: 'ftp://nope/'"):
         scan("http://ok.example/", "--file", str(listing))
+
+
+def test_save_stores_the_run_as_a_finished_scan(target, django_user_model):
+    django_user_model.objects.create_user("ann")
+    urls = [target.url("/size/300"), target.url("/loop"), target.url("/size/7?delay_ms=100")]
+    output = scan("--save", "--user", "ann", *urls)
+    saved = Scan.objects.get()
+    assert f"Saved as scan {saved.id}" in output
+    assert (saved.status, saved.total, saved.done, saved.owner.username) == ("done", 3, 3, "ann")
+    assert saved.total_bytes == 307 and saved.wall_ms >= 100
+    rows = list(saved.results.values_list("position", "url", "state", "size", "error"))
+    assert rows == [
+        (0, urls[0], "ok", 300, None),
+        (1, urls[1], "error", None, "too_many_redirects"),
+        (2, urls[2], "ok", 7, None),
+    ]
+
+
+def test_save_names_an_unknown_user(target):
+    with pytest.raises(CommandError, match="--user: no user named 'nobody'"):
+        scan("--save", "--user", "nobody", target.url("/size/1"))
+    assert not Scan.objects.exists()
