@@ -69,7 +69,7 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         await self.send_snapshot()
 
     async def scan_progress(self, event: dict) -> None:
-        await self.send_json({**event, "type": "progress"})
+        await self.send(text_data=event["text"])
 
     async def send_snapshot(self) -> None:
         """A snapshot, in parts of SNAPSHOT_PART_ROWS results so no message passes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import os
 import socket
@@ -89,7 +90,10 @@ def limits_from_settings() -> Limits:
 
 
 async def announce(scan_id: uuid.UUID | str, message: dict) -> None:
-    await get_channel_layer().group_send(group_name(scan_id), {"type": "scan.progress", **message})
+    """Sends a progress message to every socket watching the scan, encoded once here:
+    the sockets relay the text as it is, and the layer copies a string, not the results."""
+    event = {"type": "scan.progress", "text": json.dumps({"type": "progress", **message})}
+    await get_channel_layer().group_send(group_name(scan_id), event)
 
 
 async def announce_or_log(scan_id: uuid.UUID | str, message: dict) -> None:
