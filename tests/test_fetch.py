@@ -142,3 +142,83 @@ async def test_the_fetcher_keeps_no_gate_for_hosts_it_is_done_with(target):
     async with Fetcher(LOOPBACK) as fetcher:
         await asyncio.gather(*(fetcher.fetch(target.url(f"/size/{i}"), 0) for i in range(5)))
         assert len(fetcher._host_gates) == 0
+
+
+async def test_a_fetch_cancelled_while_it_waits_for_its_host_leaves_no_slot_behind(target):
+    async with Fetcher(replace(LOOPBACK, per_host=1)) as fetcher:
+        first = asyncio.create_task(fetcher.fetch(target.url("/size/1?delay_ms=300"), 0))
+        waiting = asyncio.create_task(fetcher.fetch(target.url("/size/2"), 0))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        started = time.monotonic()
+        last = await fetcher.fetch(target.url("/size/3"), 0)
+        waited_ms = (time.monotonic() - started) * 1000
+        assert (await first).size == 1
+        assert waiting.cancelled()
+        # The third waits for the first only, then takes the one slot.
+        assert (last.error, last.size) == (None, 3)
+        assert 100 <= waited_ms < 600
+        assert len(fetcher._host_gates) == 0
+
+
+async def test_a_host_slot_handed_to_a_fetch_as_it_is_cancelled_goes_to_the_next(target):
+    async with Fetcher(replace(LOOPBACK, per_host=1)) as fetcher:
+        gates = fetcher._host_gates
+        holder = gates.slot(("http", "127.0.0.1", target.port))
+        await holder.__aenter__()
+        url = target.url("/size/4")
+        handed = asyncio.create_task(fetcher.fetch(url, 0))
+        after = asyncio.create_task(fetcher.fetch(url, 0))
+        await asyncio.sleep(0.05)
+        # The holder's slot goes to the first waiter, which is cancelled before it runs.
+        await holder.__aexit__(None, None, None)
+        handed.cancel()
+        result = await asyncio.wait_for(after, 5)
+        assert handed.cancelled()
+        assert (result.error, result.size) == (None, 4)
+        assert len(gates) == 0
+
+
+async def test_leaving_fetch_all_early_stops_the_fetches_still_running(target):
+    urls = [target.url("/size/1"), *(target.url(f"/size/{i}?delay_ms=3000") for i in range(3))]
+    started = time.monotonic()
+    results = fetch_all(urls, LOOPBACK, concurrency=len(urls))
+    position, result = await anext(results)
+    await results.aclose()
+    assert (position, result.size) == (0, 1)
+    assert time.monotonic() - started < 1
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def later(delay_s: float, work):
+    await asyncio.sleep(delay_s)
+    return await work
+
+
+async def test_fetches_given_different_timeouts_each_end_at_their_own(target):
+    never = target.url("/never")
+    async with Fetcher(LOOPBACK) as fetcher:
+        fetches = asyncio.gather(
+            fetcher.fetch(never, 0, timeout_s=1.2),
+            later(0.1, fetcher.fetch(never, 0, timeout_s=0.4)),
+            later(0.2, fetcher.fetch(never, 0, timeout_s=0.4)),
+            fetcher.fetch(target.url("/size/5"), 0, timeout_s=0.4),
+        )
+        results = await asyncio.wait_for(fetches, 5)
+        assert len(fetcher._deadlines) == 0
+    assert [r.error for r in results] == ["timeout", "timeout", "timeout", None]
+    assert results[1].error_message == "no complete answer within 0.4 s"
+    for result, timeout_s in zip(results[:3], [1.2, 0.4, 0.4], strict=True):
+        assert timeout_s * 1000 <= result.elapsed_ms < timeout_s * 1000 + 500
+
+
+async def test_a_fetch_cancelled_from_outside_is_cancelled_not_timed_out(target):
+    async with Fetcher(LOOPBACK) as fetcher:
+        cancelled = asyncio.create_task(fetcher.fetch(target.url("/never"), 0, timeout_s=0.3))
+        await asyncio.sleep(0.1)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert len(fetcher._deadlines) == 0
+        after = await fetcher.fetch(target.url("/never"), 0, timeout_s=0.3)
+    assert (after.error, after.error_message) == ("timeout", "no complete answer within 0.3 s")
