@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import hdrs
@@ -118,7 +119,10 @@ def why_url_refused(url: str | URL, allowed_ports: frozenset[int] | None) -> str
     Read with yarl, as aiohttp reads it, so what is checked is what is fetched.
     """
     if isinstance(url, str):
+        # An empty user name ("http://@host/") too, which yarl drops without a word.
         try:
+            if "@" in urlsplit(url).netloc:
+                return "URLs with a user name or password are not allowed"
             url = URL(url)
         except ValueError as e:
             return f"not a valid URL ({e})"

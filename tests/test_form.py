@@ -102,3 +102,13 @@ def test_a_failed_post_keeps_existing_scans(client):
     post(client, "http://a.example/")
     post(client, "not a url")
     assert Scan.objects.count() == 1 and Result.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:pw@a.example/", "http://user@a.example/", "http://@a.example/"]
+)
+def test_urls_with_credentials_are_refused_even_empty_ones(client, url):
+    response = post(client, f"http://ok.example/\n{url}")
+    assert response.status_code == 400
+    assert "Line 2:" in response.text and "user name or password are not allowed" in response.text
+    assert not Scan.objects.exists()
