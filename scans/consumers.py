@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
@@ -17,8 +19,13 @@ from scans.snapshots import snapshot
 
 BAD_MESSAGE = 4400
 SNAPSHOT_EVERY_S = 1.0
-# About 350 bytes a row: a part stays well under daphne's 1 MiB message limit.
+# Daphne sends no message over 1 MiB (its --websocket-max-message-size), so a snapshot
+# goes in parts: a part ends at SNAPSHOT_PART_ROWS rows (about 350 bytes each), or
+# sooner where long URLs would take it past SNAPSHOT_PART_BYTES.
 SNAPSHOT_PART_ROWS = 1000
+SNAPSHOT_PART_BYTES = 768 * 1024
+# How long sockets share one encoded snapshot of a scan in one state.
+SNAPSHOT_SHARED_S = 2.0
 
 
 class ScanConsumer(AsyncJsonWebsocketConsumer):
@@ -72,21 +79,13 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         await self.send(text_data=event["text"])
 
     async def send_snapshot(self) -> None:
-        """A snapshot, in parts of SNAPSHOT_PART_ROWS results so no message passes
-        daphne's 1 MiB limit; every part carries the scan and the same seq."""
         self.last_snapshot = time.monotonic()
-        data = await self.read_snapshot()
-        rows = data["results"]
-        parts = max(1, -(-len(rows) // SNAPSHOT_PART_ROWS))
-        for part in range(parts):
-            chunk = rows[part * SNAPSHOT_PART_ROWS : (part + 1) * SNAPSHOT_PART_ROWS]
-            await self.send_json(
-                {"type": "snapshot", **data, "results": chunk, "part": part + 1, "parts": parts}
-            )
-
-    @database_sync_to_async
-    def read_snapshot(self) -> dict:
-        return snapshot(self.scan_id)
+        parts = await shared_snapshot(self.scan_id)
+        if parts is None:
+            await self.close()  # the scan was deleted
+            return
+        for part in parts:
+            await self.send(text_data=part)
 
     @database_sync_to_async
     def may_see_scan(self) -> bool:
@@ -101,3 +100,80 @@ class ScanJobConsumer(AsyncConsumer):
 
     async def scan_start(self, message: dict) -> None:
         get_runner().start(uuid.UUID(message["scan_id"]))
+
+
+@dataclass(frozen=True)
+class SharedSnapshot:
+    """A snapshot's encoded parts, for every socket that asks while it is current."""
+
+    state: tuple[int, str]  # the scan's (seq, status) it was read at
+    parts: list[str]
+    read_at: float
+
+    def serves(self, state: tuple[int, str]) -> bool:
+        """Whether a socket that read ``state`` after joining the scan's group may have it.
+
+        A higher seq was read after the socket's read, and every write after that
+        read reaches the socket as progress. One seq spans two states, queued and
+        running, so at the same seq only the same status will do.
+        """
+        fresh = time.monotonic() - self.read_at < SNAPSHOT_SHARED_S
+        return fresh and (self.state[0] > state[0] or self.state == state)
+
+
+# The latest snapshot of each scan; the lock makes sockets asking at once wait for one reading.
+_snapshots: dict[str, SharedSnapshot] = {}
+_snapshots_lock = threading.Lock()
+
+
+@database_sync_to_async
+def shared_snapshot(scan_id: str) -> list[str] | None:
+    """The scan's snapshot as the texts of its parts; None once the scan is gone.
+
+    The caller has joined the scan's group already. Sockets that ask while the scan
+    is in one state share one reading and encoding of it: 200 pages opened at once
+    read a 5,000-row scan once, not 200 times.
+    """
+    state = Scan.objects.filter(pk=scan_id).values_list("seq", "status").first()
+    if state is None:
+        return None
+    with _snapshots_lock:
+        shared = _snapshots.get(scan_id)
+        if shared is None or not shared.serves(state):
+            data = snapshot(scan_id)
+            state = (data["seq"], data["scan"]["status"])
+            shared = SharedSnapshot(state, snapshot_parts(data), time.monotonic())
+            _forget_old_snapshots()
+            _snapshots[scan_id] = shared
+    return shared.parts
+
+
+def _forget_old_snapshots() -> None:
+    now = time.monotonic()
+    for scan_id, shared in list(_snapshots.items()):
+        if now - shared.read_at >= SNAPSHOT_SHARED_S:
+            del _snapshots[scan_id]
+
+
+def snapshot_parts(data: dict) -> list[str]:
+    """The texts of a snapshot's parts; every part carries the scan and the same seq.
+
+    Each row is encoded once, to know where a part must end; a part's text is then
+    put together from its rows' texts.
+    """
+    chunks: list[list[str]] = [[]]
+    part_bytes = 0
+    for row in map(json.dumps, data["results"]):
+        full = len(chunks[-1]) == SNAPSHOT_PART_ROWS or part_bytes + len(row) > SNAPSHOT_PART_BYTES
+        if full and chunks[-1]:
+            chunks.append([])
+            part_bytes = 0
+        chunks[-1].append(row)
+        part_bytes += len(row) + 1
+    # The head without its closing brace; json.dumps escapes all but ASCII, so len() is bytes.
+    head = json.dumps({"type": "snapshot", "seq": data["seq"], "scan": data["scan"]})[:-1]
+    parts = len(chunks)
+    return [
+        f'{head}, "part": {part}, "parts": {parts}, "results": [{",".join(chunk)}]}}'
+        for part, chunk in enumerate(chunks, start=1)
+    ]

@@ -58,8 +58,14 @@ def snapshot(scan_id) -> dict:
     as new as the seq: a page may see a result twice, never miss one.
     """
     scan = Scan.objects.get(pk=scan_id)
-    rows = Result.objects.filter(scan_id=scan_id).order_by("position")
-    return message(scan, [result_dict(values) for values in rows.values(*RESULT_FIELDS)])
+    rows = Result.objects.filter(scan_id=scan_id).order_by("position").values_list(*RESULT_FIELDS)
+    return message(scan, [_result_from_row(row) for row in rows])
+
+
+def _result_from_row(row: tuple) -> dict:
+    result = dict(zip(RESULT_FIELDS, row, strict=True))
+    result["finished_at"] = _iso(result["finished_at"])
+    return result
 
 
 def message(scan: Scan, results: list[dict]) -> dict:
