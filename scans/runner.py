@@ -314,9 +314,13 @@ class ScanRun:
             await wake(self.scan_id)
 
     async def _flush_forever(self) -> None:
+        """Starts a write every FLUSH_S, however long the last one took: a result
+        waits at most about FLUSH_S for its write to start, not FLUSH_S plus a write."""
+        loop = asyncio.get_running_loop()
         while not self.stopping:
-            await asyncio.sleep(FLUSH_S)
+            due = loop.time() + FLUSH_S
             await self._flush()
+            await asyncio.sleep(due - loop.time())
 
     async def _flush(self) -> None:
         if not self.finished:
