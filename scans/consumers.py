@@ -156,24 +156,23 @@ def _forget_old_snapshots() -> None:
 
 
 def snapshot_parts(data: dict) -> list[str]:
-    """The texts of a snapshot's parts; every part carries the scan and the same seq.
-
-    Each row is encoded once, to know where a part must end; a part's text is then
-    put together from its rows' texts.
-    """
-    chunks: list[list[str]] = [[]]
-    part_bytes = 0
-    for row in map(json.dumps, data["results"]):
-        full = len(chunks[-1]) == SNAPSHOT_PART_ROWS or part_bytes + len(row) > SNAPSHOT_PART_BYTES
-        if full and chunks[-1]:
-            chunks.append([])
-            part_bytes = 0
-        chunks[-1].append(row)
-        part_bytes += len(row) + 1
-    # The head without its closing brace; json.dumps escapes all but ASCII, so len() is bytes.
+    """The texts of a snapshot's parts; every part carries the scan and the same seq."""
+    rows = data["results"]
+    chunks = [rows[i : i + SNAPSHOT_PART_ROWS] for i in range(0, len(rows), SNAPSHOT_PART_ROWS)]
+    encoded = [text for chunk in chunks or [[]] for text in _encoded_rows(chunk)]
+    # The head without its closing brace, then each part's own keys and its rows.
     head = json.dumps({"type": "snapshot", "seq": data["seq"], "scan": data["scan"]})[:-1]
-    parts = len(chunks)
     return [
-        f'{head}, "part": {part}, "parts": {parts}, "results": [{",".join(chunk)}]}}'
-        for part, chunk in enumerate(chunks, start=1)
+        f'{head}, "part": {part}, "parts": {len(encoded)}, "results": {text}}}'
+        for part, text in enumerate(encoded, start=1)
     ]
+
+
+def _encoded_rows(rows: list[dict]) -> list[str]:
+    """The rows as JSON arrays, halved until each is under SNAPSHOT_PART_BYTES
+    (json.dumps escapes all but ASCII, so its length is its size in bytes)."""
+    text = json.dumps(rows)
+    if len(text) <= SNAPSHOT_PART_BYTES or len(rows) <= 1:
+        return [text]
+    half = len(rows) // 2
+    return _encoded_rows(rows[:half]) + _encoded_rows(rows[half:])
