@@ -445,7 +445,10 @@ async def watch_scan(
     try:
         async with session.ws_connect(url, headers={"Origin": base_url}, max_msg_size=0) as ws:
             while len(watch.seen) < total or watch.scan.get("status") not in ("done", "cancelled"):
-                frame = await ws.receive(timeout=IDLE_TIMEOUT_S)
+                # Around the whole receive: daphne's pings, answered inside it, would
+                # restart its own timeout, and a scan that stalls would hang the run.
+                async with asyncio.timeout(IDLE_TIMEOUT_S):
+                    frame = await ws.receive()
                 received_at = time.time()
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     raise ConnectionError(f"the socket ended: {frame.type.name} {frame.data}")
