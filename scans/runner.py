@@ -242,6 +242,10 @@ async def wake(scan_id: uuid.UUID | str) -> None:
         log.exception("could not wake a worker for scan %s; a sweep will find it", scan_id)
 
 
+def _ms_since(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 1)
+
+
 class ScanRun:
     """One scan in one worker: a pool of ``concurrency`` fetch loops and a flusher."""
 
@@ -251,6 +255,7 @@ class ScanRun:
         self.plan = plan
         self.queue: deque[Claimed] = deque()
         self.finished: list[tuple[Claimed, Fetched]] = []
+        self.fetching: dict[int, float] = {}
         self.exhausted = False
         self.stopping = False
         self.claiming = asyncio.Lock()
@@ -283,7 +288,9 @@ class ScanRun:
                 )
             else:
                 async with self.runner.gate:
+                    self.fetching[claimed.position] = _ms_since(self.scan_start)
                     fetched = await fetcher.fetch(claimed.url, self.scan_start, self.plan.timeout_s)
+                    del self.fetching[claimed.position]
             self.finished.append((claimed, fetched))
 
     async def _next(self) -> Claimed | None:
@@ -341,6 +348,8 @@ class ScanRun:
             return
         self.failing_since = None
         if message["results"]:
+            # The fetches under way ride along, so a page's waterfall can grow their bars.
+            message["fetching"] = list(self.fetching.items())
             await announce_or_log(self.scan_id, message)
 
 

@@ -373,3 +373,16 @@ def test_run_again_shows_each_urls_change_against_the_last_scan(page: Page, targ
     expect(change).to_have_text(re.compile(r"^[+−]\d+ ms$"))
     assert change.get_attribute("title").startswith("last scan: 2,000 bytes in ")
     screenshot(page, "live-page-run-again")
+
+
+def test_a_slow_fetch_grows_its_waterfall_bar_while_it_runs(page: Page, target):
+    urls = [target.url("/size/10?delay_ms=800"), target.url("/size/20?delay_ms=3000")]
+    submit(page, urls, concurrency=2)
+    running = page.locator("svg[data-scan=waterfall] rect.running[data-position='1']")
+    expect(running).to_have_count(1)
+    first = float(running.get_attribute("width"))
+    page.wait_for_timeout(400)
+    assert float(running.get_attribute("width")) > first
+    wait_for_status(page, "done")
+    expect(running).to_have_count(0)
+    expect(page.locator("svg[data-scan=waterfall] g.fetch[data-position='1']")).to_have_count(1)

@@ -168,3 +168,18 @@ async def test_a_big_scan_snapshot_comes_in_parts_that_fit_a_message():
     positions = [r["position"] for p in parts for r in p["results"]]
     assert positions == list(range(2500))
     assert max(len(json.dumps(p)) for p in parts) < 1024 * 1024
+
+
+async def test_progress_carries_the_fetches_under_way(target, runner):
+    urls = [target.url("/size/1"), target.url("/size/2?delay_ms=1500")]
+    scan = await make_scan(urls)
+    ws = communicator(scan.id, await session_cookie("visitor-1"))
+    await ws.connect()
+    runner.start(scan.id)
+    messages = await receive_until_done(ws, len(urls))
+    await ws.disconnect()
+    first_progress = messages[1]
+    assert [r["position"] for r in first_progress["results"]] == [0]
+    under_way = dict(first_progress["fetching"])
+    assert set(under_way) == {1} and 0 <= under_way[1] < 1000
+    assert messages[-1]["fetching"] == []

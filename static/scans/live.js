@@ -110,6 +110,7 @@ function handle(message) {
   }
   lastSeq = Math.max(lastSeq, message.seq);
   updateResults(message.results);
+  for (const [position, startMs] of message.fetching ?? []) waterfall.started(position, startMs);
   updateScan(message.scan);
   root.dataset.seq = String(lastSeq);
   root.dataset.status = scan.status;

@@ -47,6 +47,7 @@ export class Waterfall {
     this.layer = (name) => root.querySelector(`[data-layer="${name}"]`);
     this.bars = new Map();
     this.queued = new Map();
+    this.inFlight = new Map();
     this.endMs = 0;
     this.span = 0;
     root.style.height = `${Math.min(600, Math.max(48, this.rowCount * 12))}px`;
@@ -56,10 +57,33 @@ export class Waterfall {
     this.queued.set(result.position, result);
   }
 
+  // A fetch under way: a bar from its start that grows with the clock until its result
+  // replaces it.
+  started(position, startMs) {
+    if (this.bars.has(position) || this.queued.has(position) || this.inFlight.has(position)) return;
+    const y = position + (1 - BAR_HEIGHT) / 2;
+    const bar = svg("rect", { class: "running", x: startMs, y, width: 0, height: BAR_HEIGHT });
+    bar.dataset.position = String(position);
+    this.layer("bars").append(bar);
+    this.inFlight.set(position, { bar, startMs });
+  }
+
+  growInFlight(nowMs) {
+    for (const [position, { bar, startMs }] of this.inFlight) {
+      if (nowMs === null) {
+        bar.remove();
+        this.inFlight.delete(position);
+      } else {
+        bar.setAttribute("width", String(Math.max(0, nowMs - startMs)));
+      }
+    }
+  }
+
   // nowMs: how long the scan has run, while it runs; null once it has ended.
   draw(nowMs, wallMs) {
     for (const result of this.queued.values()) this.drawBar(result);
     this.queued.clear();
+    this.growInFlight(nowMs);
     const span = Math.max(this.endMs, nowMs ?? 0, wallMs ?? 0, 1);
     this.root.setAttribute("viewBox", `0 0 ${span} ${this.rowCount}`);
     if (span !== this.span) this.drawAxis(span);
@@ -70,6 +94,8 @@ export class Waterfall {
   drawBar(result) {
     this.bars.get(result.position)?.remove();
     this.bars.delete(result.position);
+    this.inFlight.get(result.position)?.bar.remove();
+    this.inFlight.delete(result.position);
     const { start_ms: start, elapsed_ms: elapsed } = result;
     if (start === null || elapsed === null) return;
     const wait = Math.min(result.ttfb_ms ?? elapsed, elapsed);
