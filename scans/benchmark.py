@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tests.client import Visitor
+from tests.processes import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK_BYTES = 64 * 1024
@@ -138,25 +138,6 @@ class Report:
 
 
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

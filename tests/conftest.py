@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port, reachable, wait_for_port
 from tests.target import TargetServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,17 +22,9 @@ REDIS_URL = os.getenv("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.getenv("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
-def _reachable(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def need_service(name: str, host: str, port: int) -> None:
     """Skips when a service is down; under CI=true, fails instead."""
-    if _reachable(host, port):
+    if reachable(host, port):
         return
     message = f"{name} is not reachable on {host}:{port}"
     if IN_CI:
@@ -45,23 +37,6 @@ def target() -> Iterator[TargetServer]:
     server = TargetServer("127.0.0.1").start()
     yield server
     server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        if _reachable("127.0.0.1", port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
 
 
 class Server:

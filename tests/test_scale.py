@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from yarl import URL
 
 from tests.client import Visitor
-from tests.conftest import free_port
+from tests.processes import free_port
 from tests.target import body_of
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
