@@ -41,10 +41,16 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
             await self.close()
             return
         self.group = group_name(self.scan_id)
-        # Join before the snapshot is read, so nothing falls between the two.
+        # Join before the snapshot is read, so nothing falls between the two; read it
+        # before accepting, so the first message is as new as the moment the page opened.
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.last_snapshot = time.monotonic()
+        parts = await shared_snapshot(self.scan_id)
+        if parts is None:
+            await self.close()  # the scan was deleted meanwhile
+            return
         await self.accept()
-        await self.send_snapshot()
+        await self.send_parts(parts)
 
     async def disconnect(self, code: int) -> None:
         if self.owed_snapshot is not None:
@@ -84,6 +90,9 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         if parts is None:
             await self.close()  # the scan was deleted
             return
+        await self.send_parts(parts)
+
+    async def send_parts(self, parts: list[str]) -> None:
         for part in parts:
             await self.send(text_data=part)
 
