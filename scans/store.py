@@ -121,9 +121,9 @@ def _written(claimed: Claimed, fetched: Fetched, worker_id: str) -> tuple[tuple,
 def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]) -> dict:
     """Writes the rows still ours and pending, in one statement; returns their progress message."""
     with transaction.atomic():
-        # The scan's row first, as cancel_scan takes it: the same order, no deadlock,
-        # and a cancel never lands between this write's rows and its count.
-        _lock_scan(scan_id)
+        # The rows, then the scan's row, in the order cancel_scan takes them: no deadlock,
+        # a cancel never lands between this write's rows and its count, and the scan's
+        # row, which every worker's writes to the scan wait for, is held only briefly.
         ours = _still_ours(worker_id, [claimed.id for claimed, _ in batch])
         rows: list[tuple] = []
         written: list[dict] = []
@@ -155,15 +155,11 @@ def _update_rows(rows: list[tuple]) -> None:
 
 def _still_ours(worker_id: str, ids: list[int]) -> set[int]:
     """The rows of ``ids`` still pending and claimed by the worker, locked until commit
-    (on SQLite the transaction holds the whole database)."""
+    in the order of their ids (on SQLite the transaction holds the whole database)."""
     rows = Result.objects.select_for_update().filter(
         pk__in=ids, state=Result.PENDING, claimed_by=worker_id
     )
-    return set(rows.values_list("pk", flat=True))
-
-
-def _lock_scan(scan_id: uuid.UUID) -> None:
-    list(Scan.objects.select_for_update().filter(pk=scan_id).values_list("pk"))
+    return set(rows.order_by("pk").values_list("pk", flat=True))
 
 
 def _count_written(scan_id: uuid.UUID, written: list[dict]) -> None:
@@ -182,12 +178,16 @@ def cancel_scan(scan_id: uuid.UUID) -> dict | None:
     """Cancels an active scan: its pending rows end as cancelled. None if it was not active."""
     now = timezone.now()
     with transaction.atomic():
+        # The pending rows first, in the order of their ids, then the scan's row, as
+        # write_results takes them; a write in progress ends first, and its rows
+        # are no longer pending when this reads them again.
+        pending = Result.objects.filter(scan_id=scan_id, state=Result.PENDING)
+        locked = pending.select_for_update().order_by("pk")
+        positions = list(locked.values_list("position", flat=True))
         if not Scan.objects.filter(pk=scan_id, status__in=Scan.ACTIVE).update(
             status=Scan.CANCELLED, finished=now
         ):
             return None
-        pending = Result.objects.filter(scan_id=scan_id, state=Result.PENDING)
-        positions = list(pending.values_list("position", flat=True))
         pending.update(
             state=Result.ERROR,
             error="cancelled",
