@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 
 from channels.consumer import AsyncConsumer
@@ -26,6 +27,22 @@ SNAPSHOT_PART_ROWS = 1000
 SNAPSHOT_PART_BYTES = 768 * 1024
 # How long sockets share one encoded snapshot of a scan in one state.
 SNAPSHOT_SHARED_S = 2.0
+# Sockets joining or leaving their scan's group at once. channels-redis's pool of
+# Redis connections (redis-py's, 100 a process) raises rather than waits when all
+# are in use: 200 pages opened at once on a running scan failed 121 handshakes.
+GROUP_CALLS_AT_ONCE = 20
+_group_calls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _group_calls_gate() -> asyncio.Semaphore:
+    """This loop's turn to call the channel layer for a group (one semaphore a loop)."""
+    loop = asyncio.get_running_loop()
+    gate = _group_calls.get(loop)
+    if gate is None:
+        gate = _group_calls[loop] = asyncio.Semaphore(GROUP_CALLS_AT_ONCE)
+    return gate
 
 
 class ScanConsumer(AsyncJsonWebsocketConsumer):
@@ -43,7 +60,8 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         self.group = group_name(self.scan_id)
         # Join before the snapshot is read, so nothing falls between the two; read it
         # before accepting, so the first message is as new as the moment the page opened.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        async with _group_calls_gate():
+            await self.channel_layer.group_add(self.group, self.channel_name)
         self.last_snapshot = time.monotonic()
         parts = await shared_snapshot(self.scan_id)
         if parts is None:
@@ -56,7 +74,8 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         if self.owed_snapshot is not None:
             self.owed_snapshot.cancel()
         if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            async with _group_calls_gate():
+                await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
