@@ -9,6 +9,7 @@ twice, whatever crashes, expires or is cancelled in between.
 from __future__ import annotations
 
 import dataclasses
+import json
 import operator
 import uuid
 from dataclasses import dataclass
@@ -80,21 +81,61 @@ def begin_scan(scan_id: uuid.UUID) -> ScanPlan | None:
 
 
 def claim(scan_id: uuid.UUID, worker_id: str, count: int) -> list[Claimed]:
-    """Claims up to ``count`` pending rows of a scan that nobody holds."""
-    with transaction.atomic():
-        rows = Result.objects.filter(scan_id=scan_id, state=Result.PENDING).filter(_free())
-        if connection.features.has_select_for_update_skip_locked:
-            rows = rows.select_for_update(skip_locked=True)
-        ids = list(rows.order_by("position").values_list("id", flat=True)[:count])
-        if not ids:
-            return []
-        # Conditional again, though the select locked the rows on PostgreSQL and
-        # SQLite's transaction holds the whole database.
-        Result.objects.filter(id__in=ids, state=Result.PENDING).filter(_free()).update(
-            claimed_by=worker_id, lease_until=_lease_until(), attempts=F("attempts") + 1
-        )
-        mine = Result.objects.filter(id__in=ids, claimed_by=worker_id)
-        return [Claimed(*row) for row in mine.values_list("id", "position", "url", "attempts")]
+    """Claims up to ``count`` pending rows of a scan that nobody holds, in one statement.
+
+    Raw SQL, not the ORM: a worker claims a batch every few tens of milliseconds, and
+    building three querysets cost more than running them. On PostgreSQL rows another
+    worker is claiming at this moment are skipped, not waited for.
+    """
+    now, lease_until = _clock_sql()
+    skip_locked = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    free = f"state = %s AND (claimed_by = '' OR lease_until < {now})"
+    sql = (
+        f"UPDATE {RESULTS} SET claimed_by = %s, lease_until = {lease_until}, "
+        f"attempts = attempts + 1 WHERE {free} AND id IN ("
+        f"SELECT id FROM {RESULTS} WHERE scan_id = %s AND {free} "
+        f"ORDER BY position LIMIT %s{skip_locked}) RETURNING id, position, url, attempts"
+    )
+    params = (worker_id, _lease_param(), Result.PENDING, _scan_key(scan_id), Result.PENDING, count)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return sorted((Claimed(*row) for row in rows), key=operator.attrgetter("position"))
+
+
+RESULTS = Result._meta.db_table
+SCANS = Scan._meta.db_table
+
+
+def _clock_sql() -> tuple[str, str]:
+    """The database's now, and now plus a lease of ``%s`` (see ``_lease_param``), as SQL."""
+    if connection.vendor == "postgresql":
+        return "STATEMENT_TIMESTAMP()", "STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second'"
+    # The text SQLite and Django's Now() write for a datetime, which compares as text.
+    return (
+        "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')",
+        "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW', %s)",
+    )
+
+
+def _lease_param() -> float | str:
+    seconds = settings.SCANS_LEASE_SECONDS
+    return seconds if connection.vendor == "postgresql" else f"+{seconds} seconds"
+
+
+def _scan_key(scan_id: uuid.UUID) -> object:
+    return Scan._meta.pk.get_db_prep_value(scan_id, connection)
+
+
+def _id_list() -> str:
+    """SQL for "one of the ids in the list passed as one parameter"."""
+    if connection.vendor == "postgresql":
+        return "= ANY(%s)"
+    return "IN (SELECT value FROM json_each(%s))"
+
+
+def _ids_param(ids: list[int]) -> object:
+    return ids if connection.vendor == "postgresql" else json.dumps(ids)
 
 
 def _written(claimed: Claimed, fetched: Fetched, worker_id: str) -> tuple[tuple, dict]:
@@ -135,8 +176,9 @@ def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed,
                 written.append(result)
         if rows:
             _update_rows(rows)
-            _count_written(scan_id, written)
-        scan = Scan.objects.get(pk=scan_id)
+            scan = _count_written(scan_id, written)
+        else:
+            scan = Scan.objects.get(pk=scan_id)
     return message(scan, written)
 
 
@@ -148,7 +190,7 @@ def _update_rows(rows: list[tuple]) -> None:
     quote = connection.ops.quote_name
     columns = (Result._meta.get_field(name).column for name in WRITTEN_FIELDS)
     assignments = ", ".join(f"{quote(column)} = %s" for column in columns)
-    sql = f"UPDATE {quote(Result._meta.db_table)} SET {assignments} WHERE {quote('id')} = %s"
+    sql = f"UPDATE {RESULTS} SET {assignments} WHERE id = %s"
     with connection.cursor() as cursor:
         cursor.executemany(sql, rows)
 
@@ -156,22 +198,50 @@ def _update_rows(rows: list[tuple]) -> None:
 def _still_ours(worker_id: str, ids: list[int]) -> set[int]:
     """The rows of ``ids`` still pending and claimed by the worker, locked until commit
     in the order of their ids (on SQLite the transaction holds the whole database)."""
-    rows = Result.objects.select_for_update().filter(
-        pk__in=ids, state=Result.PENDING, claimed_by=worker_id
+    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+    sql = (
+        f"SELECT id FROM {RESULTS} WHERE id {_id_list()} AND state = %s AND claimed_by = %s "
+        f"ORDER BY id{lock}"
     )
-    return set(rows.order_by("pk").values_list("pk", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, (_ids_param(ids), Result.PENDING, worker_id))
+        return {row[0] for row in cursor.fetchall()}
 
 
-def _count_written(scan_id: uuid.UUID, written: list[dict]) -> None:
-    Scan.objects.filter(pk=scan_id).update(
-        done=F("done") + len(written),
-        total_bytes=F("total_bytes") + sum(r["size"] or 0 for r in written),
-        sum_ms=F("sum_ms") + sum(r["elapsed_ms"] or 0 for r in written),
-        seq=F("seq") + 1,
+# Everything a progress message shows of the scan, read back by the write that counts.
+_SCAN_COLUMNS = (
+    "id, status, total, done, concurrency, timeout_s, total_bytes, sum_ms, seq, "
+    "created, started, finished"
+)
+
+
+def _count_written(scan_id: uuid.UUID, written: list[dict]) -> Scan:
+    """Counts the results into the scan, ends it when they were its last, and reads it
+    back, in one statement. (On the right of SET, a column is its value before.)"""
+    ends = "status = %s AND done + %s >= total"
+    sql = (
+        f"UPDATE {SCANS} SET done = done + %s, total_bytes = total_bytes + %s, "
+        f"sum_ms = sum_ms + %s, seq = seq + 1, "
+        f"finished = CASE WHEN {ends} THEN %s ELSE finished END, "
+        f"status = CASE WHEN {ends} THEN %s ELSE status END "
+        f"WHERE id = %s RETURNING {_SCAN_COLUMNS}"
     )
-    Scan.objects.filter(pk=scan_id, status=Scan.RUNNING, done__gte=F("total")).update(
-        status=Scan.DONE, finished=timezone.now()
+    n = len(written)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    params = (
+        n,
+        sum(r["size"] or 0 for r in written),
+        sum(r["elapsed_ms"] or 0 for r in written),
+        Scan.RUNNING,
+        n,
+        now,
+        Scan.RUNNING,
+        n,
+        Scan.DONE,
+        _scan_key(scan_id),
     )
+    # A raw queryset turns the columns into the fields' Python values, as a query would.
+    return next(iter(Scan.objects.raw(sql, params)))
 
 
 def cancel_scan(scan_id: uuid.UUID) -> dict | None:
