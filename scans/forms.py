@@ -23,7 +23,8 @@ def parse_urls(text: str) -> list[str]:
         raise forms.ValidationError(
             f"{len(numbered)} URLs is more than the {settings.SCANS_MAX_URLS} a scan may hold."
         )
-    refused = [(n, url, why_url_refused(url, settings.SCANS_ALLOWED_PORTS)) for n, url in numbered]
+    ports = settings.SCANS_ALLOWED_PORTS  # read once: each read of a setting costs a lookup
+    refused = [(n, url, why_url_refused(url, ports)) for n, url in numbered]
     refused = [(n, url, reason) for n, url, reason in refused if reason]
     if refused:
         summary = f"Fix {_line_numbers([n for n, _, _ in refused])} of the list:"

@@ -261,6 +261,7 @@ class ScanRun:
         self.claiming = asyncio.Lock()
         self.failing_since: float | None = None
         self.shared = False
+        self.announcing: asyncio.Task | None = None
         # Offsets are from the scan's start, wherever and whenever that was.
         self.scan_start = time.monotonic() - (time.time() - plan.started_epoch)
 
@@ -276,6 +277,8 @@ class ScanRun:
             self.stopping = True
             await flusher
             await self._flush()
+            if self.announcing is not None:
+                await self.announcing
 
     async def _fetch_loop(self) -> None:
         fetcher = await self.runner.fetcher()
@@ -350,7 +353,18 @@ class ScanRun:
         if message["results"]:
             # The fetches under way ride along, so a page's waterfall can grow their bars.
             message["fetching"] = list(self.fetching.items())
+            self._announce_in_order(message)
+
+    def _announce_in_order(self, message: dict) -> None:
+        """Sends the message after the ones before it, without holding up the next write."""
+        previous = self.announcing
+
+        async def send() -> None:
+            if previous is not None:
+                await previous
             await announce_or_log(self.scan_id, message)
+
+        self.announcing = asyncio.create_task(send())
 
 
 _runner: Runner | None = None

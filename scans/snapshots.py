@@ -40,9 +40,9 @@ def scan_dict(scan: Scan) -> dict:
         "total": scan.total,
         "done": scan.done,
         "concurrency": scan.concurrency,
-        "timeout": scan.timeout_s,
+        "timeout": float(scan.timeout_s),  # SQLite's RETURNING may hand back 30 for 30.0
         "total_bytes": scan.total_bytes,
-        "sum_ms": round(scan.sum_ms, 1),
+        "sum_ms": round(float(scan.sum_ms), 1),
         "created": _iso(scan.created),
         "started": _iso(scan.started),
         "finished": _iso(scan.finished),

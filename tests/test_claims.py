@@ -51,6 +51,15 @@ while rows := store.claim(scan_id, me, 7):
 print(json.dumps(mine))
 """
 
+CLAIM_TWICE = """
+import json, sys, django
+django.setup()
+from scans import store
+scan_id, count = sys.argv[1], int(sys.argv[2])
+batches = [store.claim(scan_id, worker, count) for worker in ("first", "second")]
+print(json.dumps([[row.position for row in rows] for rows in batches]))
+"""
+
 HOLDERS = """
 import json, sys, django
 django.setup()
@@ -108,6 +117,13 @@ def test_workers_racing_on_one_scan_never_hold_the_same_row(database_env, tmp_pa
     owner_of = {row: worker for worker, rows in held.items() for row in rows}
     assert all(owner_of[row] == claimed_by for row, claimed_by, _ in holders)
     assert {attempts for _, _, attempts in holders} == {1}
+
+
+def test_a_claim_takes_at_most_the_rows_asked_for_first_in_the_list_first(database_env):
+    scan_id = django_code(database_env, MAKE_SCAN, 40)
+    first, second = json.loads(django_code(database_env, CLAIM_TWICE, scan_id, 7))
+    assert first == list(range(7))
+    assert second == list(range(7, 14))
 
 
 # The rest run in this process, on the test database.

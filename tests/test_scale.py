@@ -352,12 +352,13 @@ async def test_sigterm_hands_a_workers_rows_back_at_once(
     async with Visitor(web_server.url) as visitor:
         scan_id = await visitor.submit(urls, concurrency=10, timeout=30)
         await wait_until(both_busy_and_work_left, "both workers should be fetching")
-        leaving.signal(signal.SIGTERM)
+        # Read before the signal: the worker may hand its rows back before a read after it.
         held = {
             r["position"]
             for r in await result_rows(database_url, scan_id)
             if r["state"] == "pending" and r["claimed_by"] == leaving.worker_id
         }
+        leaving.signal(signal.SIGTERM)
         assert await asyncio.to_thread(leaving.wait, 30) == 0
         after_exit = await result_rows(database_url, scan_id)
         scan = await wait_until_ended(database_url, scan_id)
