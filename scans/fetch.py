@@ -121,7 +121,7 @@ def why_url_refused(url: str | URL, allowed_ports: frozenset[int] | None) -> str
     if isinstance(url, str):
         # An empty user name ("http://@host/") too, which yarl drops without a word.
         try:
-            if "@" in urlsplit(url).netloc:
+            if "@" in url and "@" in urlsplit(url).netloc:
                 return "URLs with a user name or password are not allowed"
             url = URL(url)
         except ValueError as e:

@@ -60,7 +60,8 @@ class Result(models.Model):
     PENDING, OK, ERROR = "pending", "ok", "error"
     STATES = [(s, s) for s in (PENDING, OK, ERROR)]
 
-    scan = models.ForeignKey(Scan, models.CASCADE, related_name="results")
+    # No index of its own: the two below start with the scan (see migration 0004).
+    scan = models.ForeignKey(Scan, models.CASCADE, related_name="results", db_index=False)
     position = models.PositiveIntegerField()
     url = models.TextField()
     state = models.CharField(max_length=8, choices=STATES, default=PENDING)
