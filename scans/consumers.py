@@ -14,8 +14,9 @@ from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from scans.announcer import group_name
 from scans.models import Scan
-from scans.runner import get_runner, group_name
+from scans.runner import get_runner
 from scans.snapshots import snapshot
 
 BAD_MESSAGE = 4400

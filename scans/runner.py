@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import logging
 import os
 import socket
@@ -29,6 +28,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
 from scans import store
+from scans.announcer import Announcer, announce_or_log
 from scans.fetch import Fetched, Fetcher, Limits
 from scans.store import Claimed, ScanPlan
 
@@ -72,10 +72,6 @@ def close_connection() -> None:
     connection.close()
 
 
-def group_name(scan_id: uuid.UUID | str) -> str:
-    return f"scan.{scan_id}"
-
-
 def limits_from_settings() -> Limits:
     return Limits(
         timeout_s=settings.SCANS_TIMEOUT,
@@ -89,22 +85,6 @@ def limits_from_settings() -> Limits:
     )
 
 
-async def announce(scan_id: uuid.UUID | str, message: dict) -> None:
-    """Sends a progress message to every socket watching the scan, encoded once here:
-    the sockets relay the text as it is, and the layer copies a string, not the results."""
-    event = {"type": "scan.progress", "text": json.dumps({"type": "progress", **message})}
-    await get_channel_layer().group_send(group_name(scan_id), event)
-
-
-async def announce_or_log(scan_id: uuid.UUID | str, message: dict) -> None:
-    """Announces written results; a layer that fails loses a hint, never a result:
-    the pages see the gap in ``seq`` and read the database."""
-    try:
-        await announce(scan_id, message)
-    except Exception:
-        log.exception("could not announce progress of scan %s", scan_id)
-
-
 class Runner:
     def __init__(self, worker_id: str | None = None):
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -116,6 +96,7 @@ class Runner:
         self.gate: asyncio.Semaphore | None = None
         self._fetcher: Fetcher | None = None
         self._chores: list[asyncio.Task] = []
+        self.announcer: Announcer | None = None
 
     def ensure_started(self) -> None:
         """Starts the sweeper and the watcher on the running loop, once."""
@@ -124,6 +105,7 @@ class Runner:
         self.loop = asyncio.get_running_loop()
         self.gate = asyncio.Semaphore(settings.SCANS_WORKER_MAX_FETCHES)
         self._fetcher = Fetcher(limits_from_settings())
+        self.announcer = Announcer.for_this_process()
         self._chores = [
             spawn(self._fetcher_open()),
             spawn(self._sweep_forever()),
@@ -357,6 +339,10 @@ class ScanRun:
 
     def _announce_in_order(self, message: dict) -> None:
         """Sends the message after the ones before it, without holding up the next write."""
+        if self.runner.announcer is not None:
+            sent = self.runner.announcer.send(self.scan_id, message)
+            self.announcing = asyncio.wrap_future(sent)
+            return
         previous = self.announcing
 
         async def send() -> None:

@@ -94,7 +94,7 @@ def wake_worker(scan_id: uuid.UUID) -> None:
 
 def cancel(scan: Scan) -> bool:
     """Cancels an active scan and tells every watching page; False if it had ended."""
-    from scans.runner import announce_or_log
+    from scans.announcer import announce_or_log
 
     message = store.cancel_scan(scan.id)
     if message is None:
