@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -525,6 +526,21 @@ def run(options: Options, workdir: Path) -> Report:
 # What the project's processes run as: ``python -m scans.benchmark daphne|manage|target ...``
 
 
+def statement_verb(sql: str) -> str:
+    """The statement's first word; for ``WITH ...``, the word that starts its main statement
+    (the first of SELECT, INSERT, UPDATE or DELETE outside the brackets of its CTEs)."""
+    first = sql.lstrip().split(None, 1)[0].upper()
+    if first != "WITH":
+        return first
+    depth = 0
+    for token in re.findall(r"[()]|\w+", sql):
+        if token in "()":
+            depth += 1 if token == "(" else -1
+        elif depth == 0 and token.upper() in ("SELECT", *WRITE_VERBS):
+            return token.upper()
+    return first
+
+
 def count_statements(path: Path) -> None:
     """Counts this process's SQL statements by first word, rewriting ``path`` as they grow."""
     from django.db.backends.signals import connection_created
@@ -534,7 +550,7 @@ def count_statements(path: Path) -> None:
 
     def count(execute, sql, params, many, context):
         with lock:
-            counts[sql.lstrip().split(None, 1)[0].upper()] += 1
+            counts[statement_verb(sql)] += 1
         return execute(sql, params, many, context)
 
     def add_counter(sender, connection, **kwargs) -> None:
