@@ -255,6 +255,19 @@ async def fetch_with_fetcher(urls: list[str], concurrency: int, timeout_s: float
 # (c): the whole system
 
 
+# What a stalled run leaves behind: where its rows are, and who holds what in PostgreSQL.
+STALL_QUERIES = (
+    "SELECT status, total, done, seq FROM scans_scan",
+    "SELECT state, claimed_by, lease_until < now(), attempts, count(*) FROM scans_result"
+    " GROUP BY 1, 2, 3, 4",
+    "SELECT pid, application_name, state, now() - xact_start, wait_event_type, wait_event,"
+    " left(query, 300) FROM pg_stat_activity WHERE datname = current_database()",
+    "SELECT pid, mode, granted, relation::regclass, count(*) FROM pg_locks"
+    " WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " GROUP BY 1, 2, 3, 4",
+)
+
+
 class Project:
     """The system under test: a fresh database, one daphne, and with Redis, runworker processes."""
 
@@ -363,6 +376,38 @@ class Project:
         with psycopg.connect(self.options.postgres_url, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
 
+    def describe_stall(self, scan_id: str) -> None:
+        """Leaves what a stalled run's processes and database were doing in ``stall.txt``."""
+        lines = [f"scan {scan_id}"]
+        for sql in STALL_QUERIES:
+            lines += ["", sql]
+            try:
+                lines += [repr(row) for row in self._query(sql)]
+            except Exception as e:  # noqa: BLE001 - a diagnosis goes on without one query
+                lines.append(f"failed: {e}")
+        py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        for name, process in self.processes.items() if py_spy else ():
+            dump = subprocess.run(
+                [py_spy, "dump", "--pid", str(process.pid)], capture_output=True, text=True
+            )
+            lines += ["", f"py-spy dump of {name}", dump.stdout, dump.stderr]
+        (self.workdir / "stall.txt").write_text("\n".join(lines))
+        print(f"the scan stalled: see {self.workdir / 'stall.txt'}", file=sys.stderr)
+
+    def _query(self, sql: str) -> list[tuple]:
+        if not self.database_name:
+            import sqlite3
+
+            if "pg_" in sql:
+                return []
+            with sqlite3.connect(self.workdir / "db.sqlite3") as connection:
+                return connection.execute(sql.replace("now()", "datetime('now')")).fetchall()
+        import psycopg
+
+        url = urlsplit(self.options.postgres_url)._replace(path=f"/{self.database_name}").geturl()
+        with psycopg.connect(url, autocommit=True) as connection:
+            return connection.execute(sql).fetchall()
+
     def statements(self) -> dict[str, Counter]:
         counts = {}
         for name in self.processes:
@@ -436,7 +481,8 @@ async def watch_scan(
                     raise ConnectionError(f"the socket ended: {frame.type.name} {frame.data}")
                 message = json.loads(frame.data)
                 watch.messages += 1
-                watch.scan, watch.seq = message["scan"], message["seq"]
+                if message["seq"] >= watch.seq:  # as live.js: another worker's older one may follow
+                    watch.scan, watch.seq = message["scan"], message["seq"]
                 _note_results(watch, message, received_at)
     except (aiohttp.ClientError, ConnectionError, TimeoutError) as e:
         watch.error = f"{type(e).__name__}: {e}"
@@ -472,6 +518,8 @@ async def run_system(
             )
         )
         finished = max(w.last_result_at if w.complete else time.time() for w in watches)
+        if not all(w.complete for w in watches):
+            await asyncio.to_thread(project.describe_stall, scan_id)
         await watchers.close()
         if profiler:
             profiler.stop()

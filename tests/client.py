@@ -56,6 +56,7 @@ async def watch(ws, total: int, timeout_s: float = 60) -> tuple[list[dict], dict
     """Reads messages until every result has arrived; returns (messages, results by position)."""
     messages: list[dict] = []
     seen: dict[int, dict] = {}
+    newest: dict = {"seq": -1}
     while True:
         raw = await ws.receive_str(timeout=timeout_s)
         message = json.loads(raw)
@@ -63,5 +64,8 @@ async def watch(ws, total: int, timeout_s: float = 60) -> tuple[list[dict], dict
         for result in message["results"]:
             if result["state"] != "pending":
                 seen[result["position"]] = result
-        if len(seen) == total and message["scan"]["status"] in ("done", "cancelled"):
+        # The scan's state is the newest message's: another worker's older one may come after.
+        if message["seq"] >= newest["seq"]:
+            newest = message
+        if len(seen) == total and newest["scan"]["status"] in ("done", "cancelled"):
             return messages, seen

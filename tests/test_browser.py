@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import IN_CI, ROOT
@@ -145,6 +146,49 @@ def test_a_reload_halfway_loses_no_row(page: Page, target):
     assert page.locator("tbody tr").count() == 30
     assert finished_rows(page) == 30
     assert sizes_shown(page) == expected_sizes(sizes)
+
+
+def test_an_older_message_arriving_after_the_last_does_not_undo_the_end(page: Page, target):
+    """Two workers' messages can cross on their way to the page. The socket is played
+    by the test here: real workers cannot be made to cross their messages on cue."""
+    urls = sized(target, [100, 200], [5000, 5000])
+
+    def scan(status: str, done: int) -> dict:
+        return {
+            "id": "", "status": status, "total": 2, "done": done, "concurrency": 10,
+            "timeout": 10.0, "total_bytes": 100 * done, "sum_ms": 2.0 * done,
+            "created": "2026-11-25T12:00:00+00:00", "started": "2026-11-25T12:00:00+00:00",
+            "finished": "2026-11-25T12:00:01+00:00" if status == "done" else None,
+            "wall_ms": 1000.0 if status == "done" else None,
+        }  # fmt: skip
+
+    def result(position: int, size: int | None) -> dict:
+        state = "pending" if size is None else "ok"
+        return {
+            "position": position, "url": urls[position], "state": state,
+            "http_status": size and 200, "size": size, "wire_size": size,
+            "content_type": "text/plain", "ttfb_ms": 1.0, "elapsed_ms": 2.0, "start_ms": 0.0,
+            "final_url": urls[position], "redirects": 0, "error": None, "error_message": "",
+            "finished_at": size and "2026-11-25T12:00:01+00:00",
+        }  # fmt: skip
+
+    def play(ws: WebSocketRoute) -> None:
+        for message in (
+            {"type": "snapshot", "seq": 1, "scan": scan("running", 0),
+             "results": [result(0, None), result(1, None)]},
+            {"type": "progress", "seq": 3, "scan": scan("done", 2),
+             "results": [result(1, 200)]},
+            {"type": "progress", "seq": 2, "scan": scan("running", 1),
+             "results": [result(0, 100)]},
+        ):  # fmt: skip
+            ws.send(json.dumps(message))
+
+    page.route_web_socket(re.compile(r"/ws/scans/"), play)
+    submit(page, urls)
+
+    expect(page.locator("tbody[data-scan=rows] tr.state-ok")).to_have_count(2)
+    wait_for_status(page, "done")
+    expect(page.locator("[data-scan=done]")).to_have_text("2")
 
 
 def test_cancel_ends_the_scan_and_marks_pending_rows_cancelled(page: Page, target):

@@ -108,10 +108,13 @@ function handle(message) {
     // A message was lost (the layer drops, never retries): the database has it.
     socket.send(JSON.stringify({ type: "snapshot" }));
   }
+  // Two workers' messages may cross on the way: the scan's state comes from the newest,
+  // so an older "running" arriving after "done" does not bring the scan back to life.
+  const newest = message.seq >= lastSeq;
   lastSeq = Math.max(lastSeq, message.seq);
   updateResults(message.results);
   for (const [position, startMs] of message.fetching ?? []) waterfall.started(position, startMs);
-  updateScan(message.scan);
+  if (newest) updateScan(message.scan);
   root.dataset.seq = String(lastSeq);
   root.dataset.status = scan.status;
 }
