@@ -164,6 +164,8 @@ def _written(claimed: Claimed, fetched: Fetched, worker_id: str) -> tuple[tuple,
 
 def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]) -> dict:
     """Writes the rows still ours and pending, in one statement; returns their progress message."""
+    if connection.vendor == "postgresql":
+        return _write_in_one_statement(scan_id, worker_id, batch)
     with transaction.atomic():
         # The rows, then the scan's row, in the order cancel_scan takes them: no deadlock,
         # a cancel never lands between this write's rows and its count, and the scan's
@@ -183,6 +185,50 @@ def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed,
         else:
             scan = Scan.objects.get(pk=scan_id)
     return message(scan, written)
+
+
+def _write_in_one_statement(
+    scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]
+) -> dict:
+    """PostgreSQL: the check, the rows, the count and the scan read back, in one statement
+    and one round trip. Locks are taken as in write_results: the rows in id order, then
+    the scan's row."""
+    firsts: dict[int, tuple[Claimed, Fetched]] = {}
+    for claimed, fetched in batch:
+        firsts.setdefault(claimed.id, (claimed, fetched))  # fetched twice: the first stands
+    written = {
+        id_: _written(claimed, fetched, worker_id) for id_, (claimed, fetched) in firsts.items()
+    }
+    fields = [Result._meta.get_field(name) for name in WRITTEN_FIELDS]
+    names = [field.column for field in fields]
+    arrays = [f"%s::{field.db_type(connection)}[]" for field in (*fields, Result._meta.pk)]
+    ends = "status = %s AND done + (SELECT count(*) FROM written) >= total"
+    sql = (
+        f"WITH ours AS MATERIALIZED (SELECT id FROM {RESULTS} WHERE id = ANY(%s) "
+        "AND state = %s AND claimed_by = %s ORDER BY id FOR UPDATE), "
+        f"written AS (UPDATE {RESULTS} AS row SET {', '.join(f'{n} = new.{n}' for n in names)} "
+        f"FROM unnest({', '.join(arrays)}) AS new({', '.join(names)}, id) "
+        "WHERE row.id = new.id AND row.id IN (SELECT id FROM ours) "
+        "RETURNING row.id, row.size, row.elapsed_ms), "
+        f"counted AS (UPDATE {SCANS} SET done = done + (SELECT count(*) FROM written), "
+        "total_bytes = total_bytes + (SELECT coalesce(sum(size), 0) FROM written), "
+        "sum_ms = sum_ms + (SELECT coalesce(sum(elapsed_ms), 0) FROM written), seq = seq + 1, "
+        f"finished = CASE WHEN {ends} THEN %s ELSE finished END, "
+        f"status = CASE WHEN {ends} THEN %s ELSE status END "
+        f"WHERE id = %s AND EXISTS (SELECT 1 FROM written) RETURNING {_SCAN_COLUMNS}) "
+        "SELECT counted.*, ARRAY(SELECT id FROM written) AS written_ids FROM counted"
+    )
+    columns = [list(column) for column in zip(*(row for row, _ in written.values()), strict=True)]
+    now = timezone.now()
+    params = [
+        list(written), Result.PENDING, worker_id, *columns,
+        Scan.RUNNING, now, Scan.RUNNING, Scan.DONE, _scan_key(scan_id),
+    ]  # fmt: skip
+    scan = next(iter(Scan.objects.raw(sql, params)), None)
+    if scan is None:  # nothing was still ours: nothing counted, nothing to announce
+        return message(Scan.objects.get(pk=scan_id), [])
+    ids = set(scan.written_ids)
+    return message(scan, [shown for id_, (_, shown) in written.items() if id_ in ids])
 
 
 def _update_rows(rows: list[tuple]) -> None:

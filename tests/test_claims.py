@@ -60,6 +60,44 @@ batches = [store.claim(scan_id, worker, count) for worker in ("first", "second")
 print(json.dumps([[row.position for row in rows] for rows in batches]))
 """
 
+WRITES = """
+import json, sys, django
+django.setup()
+from datetime import timedelta
+from django.utils import timezone
+from scans import store
+from scans.fetch import Fetched
+from scans.models import Result, Scan
+scan = Scan.objects.create(concurrency=2, timeout_s=5, total=2, status=Scan.RUNNING)
+Result.objects.bulk_create(Result(scan=scan, position=i, url=f"http://x/{i}") for i in range(2))
+first, second = store.claim(scan.id, "slow", 2)
+Result.objects.filter(pk=first.id).update(lease_until=timezone.now() - timedelta(seconds=1))
+(taken,) = store.claim(scan.id, "fast", 2)
+def fetched(row, size):
+    return Fetched(url=row.url, size=size, elapsed_ms=1.5)
+writes = {
+    "late": store.write_results(
+        scan.id,
+        "slow",
+        [(first, fetched(first, 1)), (second, fetched(second, 20)), (second, fetched(second, 21))],
+    ),
+    "nothing": store.write_results(scan.id, "slow", [(first, fetched(first, 2))]),
+    "last": store.write_results(scan.id, "fast", [(taken, fetched(taken, 10))]),
+}
+rows = Result.objects.filter(scan=scan).values_list("size", "fetched_by", "state")
+print(json.dumps({
+    "writes": {
+        name: {
+            "results": [[r["position"], r["size"]] for r in m["results"]],
+            "seq": m["seq"],
+            "scan": m["scan"],
+        }
+        for name, m in writes.items()
+    },
+    "rows": list(rows),
+}))
+"""
+
 HOLDERS = """
 import json, sys, django
 django.setup()
@@ -124,6 +162,29 @@ def test_a_claim_takes_at_most_the_rows_asked_for_first_in_the_list_first(databa
     first, second = json.loads(django_code(database_env, CLAIM_TWICE, scan_id, 7))
     assert first == list(range(7))
     assert second == list(range(7, 14))
+
+
+def test_only_rows_still_held_are_written_once_and_the_last_ends_the_scan(database_env):
+    done = json.loads(django_code(database_env, WRITES))
+    late, nothing, last = (done["writes"][name] for name in ("late", "nothing", "last"))
+
+    # The row whose claim ran out went to another worker; the other was fetched twice here.
+    assert late["results"] == [[1, 20]]
+    assert (late["scan"]["done"], late["scan"]["total_bytes"], late["scan"]["status"]) == (
+        1, 20, "running"
+    )  # fmt: skip
+    # A write with nothing still held counts nothing, and has nothing to announce.
+    assert nothing["results"] == [] and nothing["seq"] == late["seq"]
+    assert last["results"] == [[0, 10]] and last["seq"] == late["seq"] + 1
+    scan = last["scan"]
+    assert (scan["done"], scan["total_bytes"], scan["sum_ms"], scan["status"]) == (
+        2,
+        30,
+        3.0,
+        "done",
+    )
+    assert scan["finished"] is not None
+    assert done["rows"] == [[10, "fast", "ok"], [20, "slow", "ok"]]
 
 
 # The rest run in this process, on the test database.
