@@ -41,26 +41,70 @@ async def announce_or_log(scan_id: uuid.UUID | str, message: dict) -> None:
         log.exception("could not announce progress of scan %s", scan_id)
 
 
+# A send that takes longer is given up (the pages see the gap in seq and read the database),
+# and past this many messages waiting, new ones are dropped the same way: a Redis that
+# accepts connections and never answers must not hold a worker's memory or its shutdown.
+SEND_TIMEOUT_S = 2.0
+MAX_WAITING = 100
+
+
 class Announcer:
     """Sends progress messages one after another from its own thread and event loop."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._last: asyncio.Task | None = None  # used on self.loop only
-        threading.Thread(target=self.loop.run_forever, name="scans-announce", daemon=True).start()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="scans-announce", daemon=True)
+        self._thread.start()
 
     @classmethod
     def for_this_process(cls) -> Announcer | None:
         """An announcer when the layer can be used from another loop; None for in-memory."""
         return None if isinstance(get_channel_layer(), InMemoryChannelLayer) else cls()
 
-    def send(self, scan_id: uuid.UUID | str, message: dict) -> Future:
-        """Queues the message after those already queued; the future ends once it is sent."""
+    def _run(self) -> None:
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()  # channels-redis closes this loop's connections as it closes
+
+    def close(self) -> None:
+        """Stops the thread and closes its connections. What is still queued is dropped:
+        a scan's run waits for its last message before its worker closes this."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop)
+            self._thread.join(timeout=SEND_TIMEOUT_S + 1)
+
+    async def _stop(self) -> None:
+        queued = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in queued:
+            task.cancel()
+        if queued:
+            await asyncio.wait(queued, timeout=1)
+        self.loop.stop()
+
+    def send(self, scan_id: uuid.UUID | str, message: dict) -> Future | None:
+        """Queues the message after those already queued; the future ends once it is sent.
+        None: too many are waiting already, and this one is dropped."""
+        with self._lock:
+            if self._waiting >= MAX_WAITING:
+                log.warning("progress of scan %s dropped: %d waiting", scan_id, MAX_WAITING)
+                return None
+            self._waiting += 1
         return asyncio.run_coroutine_threadsafe(self._send_in_turn(scan_id, message), self.loop)
 
     async def _send_in_turn(self, scan_id: uuid.UUID | str, message: dict) -> None:
         # Tasks start in the order they were queued, so each waits for the one before.
         previous, self._last = self._last, asyncio.current_task()
-        if previous is not None:
-            await asyncio.wait([previous])
-        await announce_or_log(scan_id, message)
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await announce(scan_id, message)
+        except Exception:
+            log.exception("could not announce progress of scan %s", scan_id)
+        finally:
+            with self._lock:
+                self._waiting -= 1

@@ -38,6 +38,7 @@ SCAN_JOBS = "scan-jobs"
 FLUSH_S = 0.05
 SWEEP_S = 5.0
 WATCH_S = 0.5
+LAST_ANNOUNCE_WAIT_S = 5.0
 
 
 def spawn(coro) -> asyncio.Task:
@@ -195,6 +196,8 @@ class Runner:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._fetcher is not None:
             await self._fetcher.__aexit__(None, None, None)
+        if self.announcer is not None:
+            await asyncio.to_thread(self.announcer.close)
         # Queries already handed to the thread finish first: none outlives the runner.
         await db(close_connection)
 
@@ -212,6 +215,8 @@ class Runner:
         released = await db(store.release_claims, self.worker_id)
         for scan_id in released:
             await wake(scan_id)
+        if self.announcer is not None:
+            await asyncio.to_thread(self.announcer.close)
         log.info("worker %s handed back the rows of %d scans", self.worker_id, len(released))
 
 
@@ -260,7 +265,9 @@ class ScanRun:
             await flusher
             await self._flush()
             if self.announcing is not None:
-                await self.announcing
+                # Not cancelled with the run (a second cancel must not cut a send short),
+                # and not waited for forever: a layer that hangs loses hints, not results.
+                await asyncio.wait([self.announcing], timeout=LAST_ANNOUNCE_WAIT_S)
 
     async def _fetch_loop(self) -> None:
         fetcher = await self.runner.fetcher()
@@ -341,7 +348,8 @@ class ScanRun:
         """Sends the message after the ones before it, without holding up the next write."""
         if self.runner.announcer is not None:
             sent = self.runner.announcer.send(self.scan_id, message)
-            self.announcing = asyncio.wrap_future(sent)
+            if sent is not None:
+                self.announcing = asyncio.wrap_future(sent)
             return
         previous = self.announcing
 
