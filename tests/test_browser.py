@@ -148,7 +148,7 @@ def test_a_reload_halfway_loses_no_row(page: Page, target):
     assert sizes_shown(page) == expected_sizes(sizes)
 
 
-def test_an_older_message_arriving_after_the_last_does_not_undo_the_end(page: Page, target):
+def test_older_messages_arriving_after_the_last_do_not_undo_the_end(page: Page, target):
     """Two workers' messages can cross on their way to the page. The socket is played
     by the test here: real workers cannot be made to cross their messages on cue."""
     urls = sized(target, [100, 200], [5000, 5000])
@@ -180,6 +180,9 @@ def test_an_older_message_arriving_after_the_last_does_not_undo_the_end(page: Pa
              "results": [result(1, 200)]},
             {"type": "progress", "seq": 2, "scan": scan("running", 1),
              "results": [result(0, 100)]},
+            # A snapshot the page asked for at the gap, read before either result.
+            {"type": "snapshot", "seq": 1, "scan": scan("running", 0),
+             "results": [result(0, None), result(1, None)]},
         ):  # fmt: skip
             ws.send(json.dumps(message))
 

@@ -81,6 +81,8 @@ export class ResultsTable {
     if (known && known.state === result.state && known.finished_at === result.finished_at) {
       return false;
     }
+    // A row ends once: a snapshot read before its result may arrive after it.
+    if (known && known.state !== "pending" && result.state === "pending") return false;
     this.results.set(result.position, result);
     const tr = this.rows.get(result.position);
     if (!tr) return false;
