@@ -8,4 +8,4 @@ class ScansConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from scans import signals  # noqa: F401 - connects the receivers
+        from scans import checks, signals  # noqa: F401 - registers the checks, connects the receivers

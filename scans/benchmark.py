@@ -575,18 +575,14 @@ def run(options: Options, workdir: Path) -> Report:
 
 
 def statement_verb(sql: str) -> str:
-    """The statement's first word; for ``WITH ...``, the word that starts its main statement
-    (the first of SELECT, INSERT, UPDATE or DELETE outside the brackets of its CTEs)."""
+    """The statement's first word; for ``WITH ...``, the first write among its parts (a claim
+    is ``WITH ... UPDATE``; a PostgreSQL write is ``WITH ... AS (UPDATE ...) SELECT``), else
+    SELECT."""
     first = sql.lstrip().split(None, 1)[0].upper()
     if first != "WITH":
         return first
-    depth = 0
-    for token in re.findall(r"[()]|\w+", sql):
-        if token in "()":
-            depth += 1 if token == "(" else -1
-        elif depth == 0 and token.upper() in ("SELECT", *WRITE_VERBS):
-            return token.upper()
-    return first
+    words = (word.upper() for word in re.findall(r"\w+", sql))
+    return next((word for word in words if word in WRITE_VERBS), "SELECT")
 
 
 def count_statements(path: Path) -> None:

@@ -1,0 +1,28 @@
+"""System checks: what the database must support before a scan can run."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from django.core.checks import Error, register
+from django.db import connections
+
+# Claims and writes use UPDATE ... RETURNING and MATERIALIZED CTEs.
+SQLITE_NEEDED = (3, 35, 0)
+
+
+@register("database")
+def sqlite_is_new_enough(app_configs=None, databases=None, **kwargs) -> list[Error]:
+    if "default" not in (databases or ()) or connections["default"].vendor != "sqlite":
+        return []
+    if sqlite3.sqlite_version_info >= SQLITE_NEEDED:
+        return []
+    needed = ".".join(map(str, SQLITE_NEEDED))
+    return [
+        Error(
+            f"SQLite {sqlite3.sqlite_version} is too old: scans need {needed} or newer "
+            "(UPDATE ... RETURNING).",
+            hint="Use a Python built against a newer SQLite, or PostgreSQL (DATABASE_URL).",
+            id="scans.E001",
+        )
+    ]
