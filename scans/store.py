@@ -130,17 +130,6 @@ def _scan_key(scan_id: uuid.UUID) -> object:
     return Scan._meta.pk.get_db_prep_value(scan_id, connection)
 
 
-def _id_list() -> str:
-    """SQL for "one of the ids in the list passed as one parameter"."""
-    if connection.vendor == "postgresql":
-        return "= ANY(%s)"
-    return "IN (SELECT value FROM json_each(%s))"
-
-
-def _ids_param(ids: list[int]) -> object:
-    return ids if connection.vendor == "postgresql" else json.dumps(ids)
-
-
 def _written(claimed: Claimed, fetched: Fetched, worker_id: str) -> tuple[tuple, dict]:
     """The UPDATE's parameters for the finished row, and the same result as the pages see it.
 
@@ -163,19 +152,31 @@ def _written(claimed: Claimed, fetched: Fetched, worker_id: str) -> tuple[tuple,
 
 
 def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]) -> dict:
-    """Writes the rows still ours and pending, in one statement; returns their progress message."""
+    """Writes the rows still ours and pending; returns their progress message.
+
+    Both ways take the rows, then the scan's row, in the order cancel_scan takes them: no
+    deadlock, a cancel never lands between a write's rows and its count, and the scan's
+    row, which every worker's writes to the scan wait for, is held only briefly.
+    """
+    firsts: dict[int, tuple[Claimed, Fetched]] = {}
+    for claimed, fetched in batch:
+        firsts.setdefault(claimed.id, (claimed, fetched))  # fetched twice here: the first stands
     if connection.vendor == "postgresql":
-        return _write_in_one_statement(scan_id, worker_id, batch)
+        return _write_in_one_statement(scan_id, worker_id, list(firsts.values()))
+    return _write_in_one_transaction(scan_id, worker_id, list(firsts.values()))
+
+
+def _write_in_one_transaction(
+    scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]
+) -> dict:
+    """SQLite: the check, the rows, and the count, in one transaction (which holds the
+    whole database)."""
     with transaction.atomic():
-        # The rows, then the scan's row, in the order cancel_scan takes them: no deadlock,
-        # a cancel never lands between this write's rows and its count, and the scan's
-        # row, which every worker's writes to the scan wait for, is held only briefly.
         ours = _still_ours(worker_id, [claimed.id for claimed, _ in batch])
         rows: list[tuple] = []
         written: list[dict] = []
         for claimed, fetched in batch:
             if claimed.id in ours:
-                ours.discard(claimed.id)  # fetched twice here: the first result stands
                 params, result = _written(claimed, fetched, worker_id)
                 rows.append(params)
                 written.append(result)
@@ -193,16 +194,15 @@ def _write_in_one_statement(
     """PostgreSQL: the check, the rows, the count and the scan read back, in one statement
     and one round trip. Locks are taken as in write_results: the rows in id order, then
     the scan's row."""
-    firsts: dict[int, tuple[Claimed, Fetched]] = {}
-    for claimed, fetched in batch:
-        firsts.setdefault(claimed.id, (claimed, fetched))  # fetched twice: the first stands
-    written = {
-        id_: _written(claimed, fetched, worker_id) for id_, (claimed, fetched) in firsts.items()
-    }
+    written = {claimed.id: _written(claimed, fetched, worker_id) for claimed, fetched in batch}
     fields = [Result._meta.get_field(name) for name in WRITTEN_FIELDS]
     names = [field.column for field in fields]
     arrays = [f"%s::{field.db_type(connection)}[]" for field in (*fields, Result._meta.pk)]
-    ends = "status = %s AND done + (SELECT count(*) FROM written) >= total"
+    counted = _count_sql(
+        "(SELECT count(*) FROM written)",
+        "(SELECT coalesce(sum(size), 0) FROM written)",
+        "(SELECT coalesce(sum(elapsed_ms), 0) FROM written)",
+    )
     sql = (
         f"WITH ours AS MATERIALIZED (SELECT id FROM {RESULTS} WHERE id = ANY(%s) "
         "AND state = %s AND claimed_by = %s ORDER BY id FOR UPDATE), "
@@ -210,20 +210,11 @@ def _write_in_one_statement(
         f"FROM unnest({', '.join(arrays)}) AS new({', '.join(names)}, id) "
         "WHERE row.id = new.id AND row.id IN (SELECT id FROM ours) "
         "RETURNING row.id, row.size, row.elapsed_ms), "
-        f"counted AS (UPDATE {SCANS} SET done = done + (SELECT count(*) FROM written), "
-        "total_bytes = total_bytes + (SELECT coalesce(sum(size), 0) FROM written), "
-        "sum_ms = sum_ms + (SELECT coalesce(sum(elapsed_ms), 0) FROM written), seq = seq + 1, "
-        f"finished = CASE WHEN {ends} THEN %s ELSE finished END, "
-        f"status = CASE WHEN {ends} THEN %s ELSE status END "
-        f"WHERE id = %s AND EXISTS (SELECT 1 FROM written) RETURNING {_SCAN_COLUMNS}) "
+        f"counted AS ({counted} AND EXISTS (SELECT 1 FROM written) RETURNING {_SCAN_COLUMNS}) "
         "SELECT counted.*, ARRAY(SELECT id FROM written) AS written_ids FROM counted"
     )
     columns = [list(column) for column in zip(*(row for row, _ in written.values()), strict=True)]
-    now = timezone.now()
-    params = [
-        list(written), Result.PENDING, worker_id, *columns,
-        Scan.RUNNING, now, Scan.RUNNING, Scan.DONE, _scan_key(scan_id),
-    ]  # fmt: skip
+    params = [list(written), Result.PENDING, worker_id, *columns, *_count_params(scan_id)]
     scan = next(iter(Scan.objects.raw(sql, params)), None)
     if scan is None:  # nothing was still ours: nothing counted, nothing to announce
         return message(Scan.objects.get(pk=scan_id), [])
@@ -232,39 +223,23 @@ def _write_in_one_statement(
 
 
 def _update_rows(rows: list[tuple]) -> None:
-    """Writes the finished rows, by primary key, in one statement.
-
-    Not ``bulk_update``: its CASE expressions cost the worker more CPU than the fetches.
-    On PostgreSQL one UPDATE joined to the columns passed as arrays; elsewhere one UPDATE
-    run with a parameter set per row (SQLite's executemany loops in C).
-    """
-    fields = [Result._meta.get_field(name) for name in WRITTEN_FIELDS]
-    if connection.vendor == "postgresql":
-        names = [field.column for field in fields]
-        types = [f"%s::{field.db_type(connection)}[]" for field in (*fields, Result._meta.pk)]
-        sql = (
-            f"UPDATE {RESULTS} AS row SET {', '.join(f'{n} = new.{n}' for n in names)} "
-            f"FROM unnest({', '.join(types)}) AS new({', '.join(names)}, id) "
-            "WHERE row.id = new.id"
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
-        return
+    """One UPDATE by primary key, run with a parameter set per row (SQLite's executemany
+    loops in C). Not ``bulk_update``: its CASE expressions cost more CPU than the fetches."""
+    fields = (Result._meta.get_field(name) for name in WRITTEN_FIELDS)
     assignments = ", ".join(f"{field.column} = %s" for field in fields)
     with connection.cursor() as cursor:
         cursor.executemany(f"UPDATE {RESULTS} SET {assignments} WHERE id = %s", rows)
 
 
 def _still_ours(worker_id: str, ids: list[int]) -> set[int]:
-    """The rows of ``ids`` still pending and claimed by the worker, locked until commit
-    in the order of their ids (on SQLite the transaction holds the whole database)."""
-    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+    """The rows of ``ids`` still pending and claimed by the worker (the ids go as one
+    JSON parameter: no cap on their number)."""
     sql = (
-        f"SELECT id FROM {RESULTS} WHERE id {_id_list()} AND state = %s AND claimed_by = %s "
-        f"ORDER BY id{lock}"
+        f"SELECT id FROM {RESULTS} WHERE id IN (SELECT value FROM json_each(%s)) "
+        "AND state = %s AND claimed_by = %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, (_ids_param(ids), Result.PENDING, worker_id))
+        cursor.execute(sql, (json.dumps(ids), Result.PENDING, worker_id))
         return {row[0] for row in cursor.fetchall()}
 
 
@@ -275,33 +250,37 @@ _SCAN_COLUMNS = (
 )
 
 
-def _count_written(scan_id: uuid.UUID, written: list[dict]) -> Scan:
-    """Counts the results into the scan, ends it when they were its last, and reads it
-    back, in one statement. (On the right of SET, a column is its value before.)"""
-    ends = "status = %s AND done + %s >= total"
-    sql = (
-        f"UPDATE {SCANS} SET done = done + %s, total_bytes = total_bytes + %s, "
-        f"sum_ms = sum_ms + %s, seq = seq + 1, "
+def _count_sql(count: str, size: str, elapsed_ms: str) -> str:
+    """The UPDATE that counts written results into the scan and ends it when they were its
+    last, up to its WHERE; its parameters are ``_count_params``. (On the right of SET, a
+    column is its value before.)"""
+    ends = f"status = %s AND done + {count} >= total"
+    return (
+        f"UPDATE {SCANS} SET done = done + {count}, total_bytes = total_bytes + {size}, "
+        f"sum_ms = sum_ms + {elapsed_ms}, seq = seq + 1, "
         f"finished = CASE WHEN {ends} THEN %s ELSE finished END, "
         f"status = CASE WHEN {ends} THEN %s ELSE status END "
-        f"WHERE id = %s RETURNING {_SCAN_COLUMNS}"
+        "WHERE id = %s"
     )
-    n = len(written)
+
+
+def _count_params(scan_id: uuid.UUID, counted: tuple = ()) -> tuple:
+    """``counted``: the count, size and time, when ``_count_sql`` was given %s for them."""
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    params = (
-        n,
+    count, key = counted[:1], _scan_key(scan_id)
+    return (*counted, Scan.RUNNING, *count, now, Scan.RUNNING, *count, Scan.DONE, key)
+
+
+def _count_written(scan_id: uuid.UUID, written: list[dict]) -> Scan:
+    """Counts the results into the scan and reads it back, in one statement."""
+    counted = (
+        len(written),
         sum(r["size"] or 0 for r in written),
         sum(r["elapsed_ms"] or 0 for r in written),
-        Scan.RUNNING,
-        n,
-        now,
-        Scan.RUNNING,
-        n,
-        Scan.DONE,
-        _scan_key(scan_id),
     )
+    sql = f"{_count_sql('%s', '%s', '%s')} RETURNING {_SCAN_COLUMNS}"
     # A raw queryset turns the columns into the fields' Python values, as a query would.
-    return next(iter(Scan.objects.raw(sql, params)))
+    return next(iter(Scan.objects.raw(sql, _count_params(scan_id, counted))))
 
 
 def cancel_scan(scan_id: uuid.UUID) -> dict | None:
