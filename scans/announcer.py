@@ -1,10 +1,11 @@
 """Progress messages to the sockets watching a scan, through the channel layer.
 
-A worker's event loop runs a hundred fetches at once; under that load each of the
-layer's round trips to Redis waited its turn there (up to 30 ms a hop), and a
-group message takes four. A worker on Redis therefore sends from a thread and
-event loop of its own, in the order the messages were written. The in-memory
-layer belongs to the loop of the web process that holds it, and sends from there.
+Messages go out one after another, in the order they were written, without holding
+up the next write. A worker's event loop runs a hundred fetches at once; under that
+load each of the layer's round trips to Redis waited its turn there (up to 30 ms a
+hop), and a group message takes four. A worker on Redis therefore sends from a
+thread and event loop of its own. The in-memory layer belongs to the loop of the web
+process that holds it, and sends from there.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ async def announce(scan_id: uuid.UUID | str, message: dict) -> None:
     await get_channel_layer().group_send(group_name(scan_id), event)
 
 
-async def announce_or_log(scan_id: uuid.UUID | str, message: dict) -> None:
-    """Announces written results; a layer that fails loses a hint, never a result:
-    the pages see the gap in ``seq`` and read the database."""
+async def announce_or_log(
+    scan_id: uuid.UUID | str, message: dict, timeout_s: float | None = None
+) -> None:
+    """Announces written results; a layer that fails (or takes longer than ``timeout_s``)
+    loses a hint, never a result: the pages see the gap in ``seq`` and read the database."""
     try:
-        await announce(scan_id, message)
+        async with asyncio.timeout(timeout_s):
+            await announce(scan_id, message)
     except Exception:
         log.exception("could not announce progress of scan %s", scan_id)
 
@@ -49,20 +53,27 @@ MAX_WAITING = 100
 
 
 class Announcer:
-    """Sends progress messages one after another from its own thread and event loop."""
+    """Sends progress messages one after another on ``loop``, or else on a thread and
+    event loop of its own."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._last: asyncio.Task | None = None  # used on self.loop only
         self._waiting = 0
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="scans-announce", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if loop is None:
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._run, name="scans-announce", daemon=True)
+        self.loop = loop
+        if self._thread is not None:
+            self._thread.start()
 
     @classmethod
-    def for_this_process(cls) -> Announcer | None:
-        """An announcer when the layer can be used from another loop; None for in-memory."""
-        return None if isinstance(get_channel_layer(), InMemoryChannelLayer) else cls()
+    def for_this_process(cls) -> Announcer:
+        """On the running loop for the in-memory layer; on a thread of its own for others."""
+        if isinstance(get_channel_layer(), InMemoryChannelLayer):
+            return cls(asyncio.get_running_loop())
+        return cls()
 
     def _run(self) -> None:
         try:
@@ -71,9 +82,10 @@ class Announcer:
             self.loop.close()  # channels-redis closes this loop's connections as it closes
 
     def close(self) -> None:
-        """Stops the thread and closes its connections. What is still queued is dropped:
-        a scan's run waits for its last message before its worker closes this."""
-        if self._thread.is_alive():
+        """Stops its own thread, if it has one, and closes its connections. What is still
+        queued is dropped: a scan's run waits for its last message before its worker
+        closes this."""
+        if self._thread is not None and self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(self._stop(), self.loop)
             self._thread.join(timeout=SEND_TIMEOUT_S + 1)
 
@@ -101,10 +113,7 @@ class Announcer:
         try:
             if previous is not None:
                 await asyncio.wait([previous])
-            async with asyncio.timeout(SEND_TIMEOUT_S):
-                await announce(scan_id, message)
-        except Exception:
-            log.exception("could not announce progress of scan %s", scan_id)
+            await announce_or_log(scan_id, message, SEND_TIMEOUT_S)
         finally:
             with self._lock:
                 self._waiting -= 1

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
 from scans import store
-from scans.announcer import Announcer, announce_or_log
+from scans.announcer import Announcer
 from scans.fetch import Fetched, Fetcher, Limits
 from scans.store import Claimed, ScanPlan
 
@@ -248,7 +248,7 @@ class ScanRun:
         self.claiming = asyncio.Lock()
         self.failing_since: float | None = None
         self.shared = False
-        self.announcing: asyncio.Task | None = None
+        self.announcing: asyncio.Future | None = None
         # Offsets are from the scan's start, wherever and whenever that was.
         self.scan_start = time.monotonic() - (time.time() - plan.started_epoch)
 
@@ -346,19 +346,9 @@ class ScanRun:
 
     def _announce_in_order(self, message: dict) -> None:
         """Sends the message after the ones before it, without holding up the next write."""
-        if self.runner.announcer is not None:
-            sent = self.runner.announcer.send(self.scan_id, message)
-            if sent is not None:
-                self.announcing = asyncio.wrap_future(sent)
-            return
-        previous = self.announcing
-
-        async def send() -> None:
-            if previous is not None:
-                await previous
-            await announce_or_log(self.scan_id, message)
-
-        self.announcing = asyncio.create_task(send())
+        sent = self.runner.announcer.send(self.scan_id, message)
+        if sent is not None:
+            self.announcing = asyncio.wrap_future(sent)
 
 
 _runner: Runner | None = None
