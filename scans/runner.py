@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -98,20 +99,50 @@ class Runner:
         self._fetcher: Fetcher | None = None
         self._chores: list[asyncio.Task] = []
         self.announcer: Announcer | None = None
+        self._thread: threading.Thread | None = None  # set when started beside a web server
+        self._starting = threading.Lock()
 
-    def ensure_started(self) -> None:
+    def ensure_started(self, announcer: Announcer | None = None) -> None:
         """Starts the sweeper and the watcher on the running loop, once."""
         if self._chores:
             return
         self.loop = asyncio.get_running_loop()
         self.gate = asyncio.Semaphore(settings.SCANS_WORKER_MAX_FETCHES)
         self._fetcher = Fetcher(limits_from_settings())
-        self.announcer = Announcer.for_this_process()
+        self.announcer = announcer or Announcer.for_this_process()
         self._chores = [
             spawn(self._fetcher_open()),
             spawn(self._sweep_forever()),
             spawn(self._watch_forever()),
         ]
+
+    def start_beside(self, web_loop: asyncio.AbstractEventLoop) -> None:
+        """Starts the runner on a thread and event loop of its own, once, in a web process.
+
+        A hundred fetches keep a loop busy: on the web server's loop, every hop of a
+        progress message (the announce, the socket's consumer, daphne's send) and every
+        page request waited for its turn behind them. Apart, they wait only for the GIL,
+        which the fetch loop gives up at each of its system calls. The in-memory layer
+        belongs to the web server's loop, so progress is announced there.
+        """
+        if self._thread is not None:
+            return
+        with self._starting:
+            if self._thread is not None:
+                return
+            started = threading.Event()
+
+            def run() -> None:
+                loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(loop)
+                loop.call_soon(self.ensure_started, Announcer(web_loop))
+                loop.call_soon(started.set)
+                loop.run_forever()
+
+            thread = threading.Thread(target=run, name="scans-runner", daemon=True)
+            thread.start()
+            started.wait()  # the runner's loop is set: calls can be handed to it
+            self._thread = thread
 
     async def _fetcher_open(self) -> None:
         await self._fetcher.__aenter__()
@@ -121,8 +152,12 @@ class Runner:
         return self._fetcher
 
     def start(self, scan_id: uuid.UUID | str) -> None:
-        """Runs the scan here; if it runs here already, it looks for free rows again after."""
+        """Runs the scan here; if it runs here already, it looks for free rows again after.
+        Called from another thread's loop, it hands the call to the runner's own."""
         if self.stopping:
+            return
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self.loop.call_soon_threadsafe(self.start, scan_id)
             return
         self.ensure_started()
         scan_id = uuid.UUID(str(scan_id))

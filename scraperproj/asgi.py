@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from django.core.asgi import get_asgi_application
@@ -33,5 +34,5 @@ router = ProtocolTypeRouter(
 async def application(scope: dict, receive, send) -> None:
     # Daphne has no lifespan events: the first connection starts the in-process worker.
     if settings.SCANS_RUN_IN_WEB and scope["type"] != "channel":
-        get_runner().ensure_started()
+        get_runner().start_beside(asyncio.get_running_loop())
     await router(scope, receive, send)
