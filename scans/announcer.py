@@ -5,7 +5,8 @@ up the next write. A worker's event loop runs a hundred fetches at once; under t
 load each of the layer's round trips to Redis waited its turn there (up to 30 ms a
 hop), and a group message takes four. A worker on Redis therefore sends from a
 thread and event loop of its own. The in-memory layer belongs to the loop of the web
-process that holds it, and sends from there.
+process that holds it, and sends from there (the web process's runner has a loop of its
+own, and hands its messages over).
 """
 
 from __future__ import annotations
