@@ -20,6 +20,8 @@ from concurrent.futures import Future
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from scans.loops import start_loop_thread
+
 log = logging.getLogger(__name__)
 
 
@@ -63,11 +65,8 @@ class Announcer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if loop is None:
-            loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._run, name="scans-announce", daemon=True)
+            loop, self._thread = start_loop_thread("scans-announce")
         self.loop = loop
-        if self._thread is not None:
-            self._thread.start()
 
     @classmethod
     def for_this_process(cls) -> Announcer:
@@ -75,12 +74,6 @@ class Announcer:
         if isinstance(get_channel_layer(), InMemoryChannelLayer):
             return cls(asyncio.get_running_loop())
         return cls()
-
-    def _run(self) -> None:
-        try:
-            self.loop.run_forever()
-        finally:
-            self.loop.close()  # channels-redis closes this loop's connections as it closes
 
     def close(self) -> None:
         """Stops its own thread, if it has one, and closes its connections. What is still

@@ -7,7 +7,8 @@ import sqlite3
 from django.core.checks import Error, register
 from django.db import connections
 
-# Claims and writes use UPDATE ... RETURNING and MATERIALIZED CTEs.
+# A write counts its results into the scan and reads it back with UPDATE ... RETURNING,
+# and writes its rows with UPDATE ... FROM (3.33).
 SQLITE_NEEDED = (3, 35, 0)
 
 

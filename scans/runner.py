@@ -31,6 +31,7 @@ from django.db import InterfaceError, OperationalError, connection
 from scans import store
 from scans.announcer import Announcer
 from scans.fetch import Fetched, Fetcher, Limits
+from scans.loops import start_loop_thread
 from scans.store import Claimed, ScanPlan
 
 log = logging.getLogger(__name__)
@@ -130,19 +131,13 @@ class Runner:
         with self._starting:
             if self._thread is not None:
                 return
-            started = threading.Event()
-
-            def run() -> None:
-                loop = asyncio.new_event_loop()
-                asyncio.set_event_loop(loop)
-                loop.call_soon(self.ensure_started, Announcer(web_loop))
-                loop.call_soon(started.set)
-                loop.run_forever()
-
-            thread = threading.Thread(target=run, name="scans-runner", daemon=True)
-            thread.start()
-            started.wait()  # the runner's loop is set: calls can be handed to it
+            loop, thread = start_loop_thread("scans-runner")
+            started = asyncio.run_coroutine_threadsafe(self._start_here(Announcer(web_loop)), loop)
+            started.result()  # the runner's loop is set: calls can be handed to it
             self._thread = thread
+
+    async def _start_here(self, announcer: Announcer) -> None:
+        self.ensure_started(announcer)
 
     async def _fetcher_open(self) -> None:
         await self._fetcher.__aenter__()

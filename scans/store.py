@@ -193,40 +193,34 @@ def write_results(scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed,
     deadlock, a cancel never lands between a write's rows and its count, and the scan's
     row, which every worker's writes to the scan wait for, is held only briefly.
     """
-    firsts: dict[int, tuple[Claimed, Fetched]] = {}
+    adapt = connection.ops.adapt_datetimefield_value
+    written: dict[int, tuple[tuple, dict]] = {}
     for claimed, fetched in batch:
-        firsts.setdefault(claimed.id, (claimed, fetched))  # fetched twice here: the first stands
+        if claimed.id not in written:  # fetched twice here: the first stands
+            written[claimed.id] = _written(claimed, fetched, worker_id, adapt)
     if connection.vendor == "postgresql":
-        return _write_in_one_statement(scan_id, worker_id, list(firsts.values()))
-    return _write_in_one_transaction(scan_id, worker_id, list(firsts.values()))
+        return _write_in_one_statement(scan_id, worker_id, written)
+    return _write_in_one_transaction(scan_id, worker_id, written)
 
 
 def _write_in_one_transaction(
-    scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]
+    scan_id: uuid.UUID, worker_id: str, written: dict[int, tuple[tuple, dict]]
 ) -> dict:
     """SQLite: the rows still ours, then the count, in one transaction (which holds the
-    whole database)."""
-    adapt = connection.ops.adapt_datetimefield_value
-    written = {
-        claimed.id: _written(claimed, fetched, worker_id, adapt) for claimed, fetched in batch
-    }
+    whole database). ``written``: ``_written`` of each row, by id."""
     with transaction.atomic():
-        ids = _update_rows_still_ours(worker_id, [params for params, _ in written.values()])
+        ids = _update_rows_still_ours(worker_id, written)
         shown = [shown for id_, (_, shown) in written.items() if id_ in ids]
         scan = _count_written(scan_id, shown) if shown else Scan.objects.get(pk=scan_id)
     return message(scan, shown)
 
 
 def _write_in_one_statement(
-    scan_id: uuid.UUID, worker_id: str, batch: list[tuple[Claimed, Fetched]]
+    scan_id: uuid.UUID, worker_id: str, written: dict[int, tuple[tuple, dict]]
 ) -> dict:
     """PostgreSQL: the check, the rows, the count and the scan read back, in one statement
     and one round trip. Locks are taken as in write_results: the rows in id order, then
     the scan's row."""
-    adapt = connection.ops.adapt_datetimefield_value
-    written = {
-        claimed.id: _written(claimed, fetched, worker_id, adapt) for claimed, fetched in batch
-    }
     fields = [Result._meta.get_field(name) for name in WRITTEN_FIELDS]
     names = [field.column for field in fields]
     arrays = [f"%s::{field.db_type(connection)}[]" for field in (*fields, Result._meta.pk)]
@@ -254,7 +248,7 @@ def _write_in_one_statement(
     return message(scan, [shown for id_, (_, shown) in written.items() if id_ in ids])
 
 
-def _update_rows_still_ours(worker_id: str, rows: list[tuple]) -> set[int]:
+def _update_rows_still_ours(worker_id: str, written: dict[int, tuple[tuple, dict]]) -> set[int]:
     """SQLite: writes the rows still pending and claimed by the worker, and returns their ids.
 
     A few steps of SQLite, whatever the number of rows: the ids come back as one JSON
@@ -276,10 +270,11 @@ def _update_rows_still_ours(worker_id: str, rows: list[tuple]) -> set[int]:
         f"FROM (SELECT {columns} FROM json_each(%s)) AS new WHERE {RESULTS}.id = new.id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(ours_sql, (json.dumps([row[-1] for row in rows]), Result.PENDING, worker_id))
+        cursor.execute(ours_sql, (json.dumps(list(written)), Result.PENDING, worker_id))
         ours = set(json.loads(cursor.fetchone()[0]))
         if ours:
-            cursor.execute(update_sql, (json.dumps([row for row in rows if row[-1] in ours]),))
+            rows = [params for id_, (params, _) in written.items() if id_ in ours]
+            cursor.execute(update_sql, (json.dumps(rows),))
     return ours
 
 
