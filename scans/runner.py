@@ -3,8 +3,8 @@
 One ``Runner`` per process (the web process without Redis, or each
 ``runworker scan-jobs`` process with it). Each scan runs as its own task, so
 several scans progress at once under one cap on open fetches. A scan's task
-claims pending rows in batches, fetches them, and every FLUSH_S writes what
-finished in one transaction and announces it in one group message.
+claims pending rows in batches, fetches them, and every ``SCANS_FLUSH_SECONDS`` writes
+what finished in one transaction and announces it in one group message.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from scans.store import Claimed, ScanPlan
 log = logging.getLogger(__name__)
 
 SCAN_JOBS = "scan-jobs"
-FLUSH_S = 0.05
 SWEEP_S = 5.0
 WATCH_S = 0.5
 LAST_ANNOUNCE_WAIT_S = 5.0
@@ -343,11 +342,12 @@ class ScanRun:
             await wake(self.scan_id)
 
     async def _flush_forever(self) -> None:
-        """Starts a write every FLUSH_S, however long the last one took: a result
-        waits at most about FLUSH_S for its write to start, not FLUSH_S plus a write."""
+        """Starts a write every SCANS_FLUSH_SECONDS, however long the last one took: a
+        result waits at most about that long for its write to start, not that plus a write."""
         loop = asyncio.get_running_loop()
+        every = settings.SCANS_FLUSH_SECONDS
         while not self.stopping:
-            due = loop.time() + FLUSH_S
+            due = loop.time() + every
             await self._flush()
             await asyncio.sleep(due - loop.time())
 

@@ -25,17 +25,20 @@ def test_it_shows_the_form(client):
 
 def test_it_stores_the_scan_and_one_pending_row_per_url(client):
     response = post(
-        client, "http://a.example/\n\n  https://b.example/x?y=1  \nhttp://c.example:80/"
+        client,
+        "http://a.example/\n\n  https://b.example/x?y=1  \nhttp://c.example:80/\n"
+        'http://d.example/päth?q="ü"\\',
     )
     scan = Scan.objects.get()
     assert response.status_code == 302
     assert response["Location"] == f"/scans/{scan.id}/"
-    assert (scan.status, scan.total, scan.concurrency, scan.timeout_s) == ("queued", 3, 10, 5.0)
+    assert (scan.status, scan.total, scan.concurrency, scan.timeout_s) == ("queued", 4, 10, 5.0)
     rows = list(Result.objects.filter(scan=scan).values_list("position", "url", "state"))
     assert rows == [
         (0, "http://a.example/", "pending"),
         (1, "https://b.example/x?y=1", "pending"),
         (2, "http://c.example:80/", "pending"),
+        (3, 'http://d.example/päth?q="ü"\\', "pending"),
     ]
 
 
