@@ -223,7 +223,7 @@ def _write_in_one_statement(
     the scan's row."""
     fields = [Result._meta.get_field(name) for name in WRITTEN_FIELDS]
     names = [field.column for field in fields]
-    arrays = [f"%s::{field.db_type(connection)}[]" for field in (*fields, Result._meta.pk)]
+    arrays = [f"%b::{field.db_type(connection)}[]" for field in (*fields, Result._meta.pk)]
     counted = _count_sql(
         "(SELECT count(*) FROM written)",
         "(SELECT coalesce(sum(size), 0) FROM written)",
@@ -241,11 +241,31 @@ def _write_in_one_statement(
     )
     columns = [list(column) for column in zip(*(row for row, _ in written.values()), strict=True)]
     params = [list(written), Result.PENDING, worker_id, *columns, *_count_params(scan_id)]
-    scan = next(iter(Scan.objects.raw(sql, params)), None)
-    if scan is None:  # nothing was still ours: nothing counted, nothing to announce
+    with _server_bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:  # nothing was still ours: nothing counted, nothing to announce
         return message(Scan.objects.get(pk=scan_id), [])
-    ids = set(scan.written_ids)
+    *values, written_ids = row
+    scan = Scan.from_db(connection.alias, _SCAN_FIELDS, values)
+    ids = set(written_ids)
     return message(scan, [shown for id_, (_, shown) in written.items() if id_ in ids])
+
+
+def _server_bound_cursor():
+    """PostgreSQL: a cursor that sends the parameters apart from the statement, as psycopg
+    dumps them (binary where it can), under Django's wrappers as any cursor.
+
+    Django's own cursors quote every parameter into the SQL text; for a write's arrays
+    that was an escape and a regular expression per value, most of the write's Python.
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    cursor = ServerBindingCursor(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 def _update_rows_still_ours(worker_id: str, written: dict[int, tuple[tuple, dict]]) -> set[int]:
@@ -279,10 +299,11 @@ def _update_rows_still_ours(worker_id: str, written: dict[int, tuple[tuple, dict
 
 
 # Everything a progress message shows of the scan, read back by the write that counts.
-_SCAN_COLUMNS = (
-    "id, status, total, done, concurrency, timeout_s, total_bytes, sum_ms, seq, "
-    "created, started, finished"
-)
+_SHOWN_OF_SCAN = {"id", "status", "total", "done", "concurrency", "timeout_s", "total_bytes"}
+_SHOWN_OF_SCAN |= {"sum_ms", "seq", "created", "started", "finished"}
+# In the model's order, as Model.from_db takes them.
+_SCAN_FIELDS = tuple(f.attname for f in Scan._meta.concrete_fields if f.attname in _SHOWN_OF_SCAN)
+_SCAN_COLUMNS = ", ".join(_SCAN_FIELDS)
 
 
 def _count_sql(count: str, size: str, elapsed_ms: str) -> str:
