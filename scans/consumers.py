@@ -63,8 +63,8 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         # before accepting, so the first message is as new as the moment the page opened.
         async with _group_calls_gate():
             await self.channel_layer.group_add(self.group, self.channel_name)
-        self.last_snapshot = time.monotonic()
-        parts = await shared_snapshot(self.scan_id)
+        self.last_snapshot = joined = time.monotonic()
+        parts = await shared_snapshot(self.scan_id, read_after=joined)
         if parts is None:
             await self.close()  # the scan was deleted meanwhile
             return
@@ -101,12 +101,21 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         self.owed_snapshot = None
         await self.send_snapshot()
 
+    async def dispatch(self, message: dict) -> None:
+        # Progress is relayed as it came: not after Channels' check of the database
+        # connections (a trip to the thread that reads snapshots), once a message a socket.
+        if message["type"] == "scan.progress":
+            await self.scan_progress(message)
+        else:
+            await super().dispatch(message)
+
     async def scan_progress(self, event: dict) -> None:
         await self.send(text_data=event["text"])
 
     async def send_snapshot(self) -> None:
-        self.last_snapshot = time.monotonic()
-        parts = await shared_snapshot(self.scan_id)
+        # Read after the page asked: it holds what the page found missing.
+        self.last_snapshot = asked = time.monotonic()
+        parts = await shared_snapshot(self.scan_id, read_after=asked)
         if parts is None:
             await self.close()  # the scan was deleted
             return
@@ -135,19 +144,14 @@ class ScanJobConsumer(AsyncConsumer):
 class SharedSnapshot:
     """A snapshot's encoded parts, for every socket that asks while it is current."""
 
-    state: tuple[int, str]  # the scan's (seq, status) it was read at
     parts: list[str]
-    read_at: float
+    read_at: float  # time.monotonic() when its reading began
 
-    def serves(self, state: tuple[int, str]) -> bool:
-        """Whether a socket that read ``state`` after joining the scan's group may have it.
-
-        A higher seq was read after the socket's read, and every write after that
-        read reaches the socket as progress. One seq spans two states, queued and
-        running, so at the same seq only the same status will do.
-        """
+    def serves(self, read_after: float) -> bool:
+        """Whether it began after ``read_after``: after the socket joined the scan's group
+        (every write it missed reaches the socket as progress), or after the page asked."""
         fresh = time.monotonic() - self.read_at < SNAPSHOT_SHARED_S
-        return fresh and (self.state[0] > state[0] or self.state == state)
+        return fresh and self.read_at >= read_after
 
 
 # The latest snapshot of each scan; the lock makes sockets asking at once wait for one reading.
@@ -156,22 +160,24 @@ _snapshots_lock = threading.Lock()
 
 
 @database_sync_to_async
-def shared_snapshot(scan_id: str) -> list[str] | None:
-    """The scan's snapshot as the texts of its parts; None once the scan is gone.
+def shared_snapshot(scan_id: str, read_after: float) -> list[str] | None:
+    """The scan's snapshot as the texts of its parts, read after ``read_after``
+    (a ``time.monotonic()``); None once the scan is gone.
 
-    The caller has joined the scan's group already. Sockets that ask while the scan
-    is in one state share one reading and encoding of it: 200 pages opened at once
-    read a 5,000-row scan once, not 200 times.
+    Sockets share readings: one begun after a socket joined the scan's group serves it,
+    so 200 pages opened at once on a running scan wait for a reading or two between
+    them, not one each (each read every row and 200 pages were 200 readings, one a
+    write, as the scan moved on while they queued).
     """
-    state = Scan.objects.filter(pk=scan_id).values_list("seq", "status").first()
-    if state is None:
-        return None
     with _snapshots_lock:
         shared = _snapshots.get(scan_id)
-        if shared is None or not shared.serves(state):
-            data = snapshot(scan_id)
-            state = (data["seq"], data["scan"]["status"])
-            shared = SharedSnapshot(state, snapshot_parts(data), time.monotonic())
+        if shared is None or not shared.serves(read_after):
+            read_at = time.monotonic()
+            try:
+                data = snapshot(scan_id)
+            except Scan.DoesNotExist:
+                return None
+            shared = SharedSnapshot(snapshot_parts(data), read_at)
             _forget_old_snapshots()
             _snapshots[scan_id] = shared
     return shared.parts

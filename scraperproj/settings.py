@@ -136,7 +136,7 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "scans.layers.InMemoryChannelLayer",
             "CONFIG": {"capacity": envint("CHANNELS_CAPACITY", 1000), "expiry": 30},
         }
     }
