@@ -15,6 +15,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 
+from scans import store
+from scans.fetch import Fetched
 from scans.models import Result, Scan
 from scans.routing import websocket_urlpatterns
 
@@ -92,6 +94,32 @@ async def test_a_snapshot_request_returns_everything_so_far(target, runner):
     await ws.disconnect()
     assert again["type"] == "snapshot"
     assert [(r["state"], r["size"]) for r in again["results"]] == [("ok", 5), ("ok", 6)]
+
+
+@database_sync_to_async
+def write_result(scan_id, size: int) -> None:
+    """Writes the first row's result as a worker does, without announcing it."""
+    store.begin_scan(scan_id)
+    claimed = store.claim(scan_id, "test-worker", 1)
+    fetched = Fetched(url=claimed[0].url, http_status=200, size=size, wire_size=size)
+    store.write_results(scan_id, "test-worker", [(claimed[0], fetched)])
+
+
+async def test_a_page_opened_after_a_write_sees_it_though_another_just_read_the_scan():
+    scan = await make_scan(["http://a.example/", "http://b.example/"])
+    cookie = await session_cookie("visitor-1")
+    first = communicator(scan.id, cookie)
+    await first.connect()
+    before = await first.receive_json_from(timeout=5)
+    await write_result(scan.id, size=123)
+    second = communicator(scan.id, cookie)
+    await second.connect()
+    after = await second.receive_json_from(timeout=5)
+    await first.disconnect()
+    await second.disconnect()
+    assert [r["state"] for r in before["results"]] == ["pending", "pending"]
+    assert [(r["state"], r["size"]) for r in after["results"]] == [("ok", 123), ("pending", None)]
+    assert after["seq"] == before["seq"] + 1
 
 
 async def test_another_visitor_is_refused(target):
