@@ -151,7 +151,7 @@ class SharedSnapshot:
         """Whether it began after ``read_after``: after the socket joined the scan's group
         (every write it missed reaches the socket as progress), or after the page asked."""
         fresh = time.monotonic() - self.read_at < SNAPSHOT_SHARED_S
-        return fresh and self.read_at >= read_after
+        return fresh and self.read_at > read_after
 
 
 # The latest snapshot of each scan; the lock makes sockets asking at once wait for one reading.

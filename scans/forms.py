@@ -14,6 +14,16 @@ def _line_numbers(numbers: list[int]) -> str:
     return f"line{'s' if len(numbers) > 1 else ''} {shown}{more}"
 
 
+def _not_text(url: str) -> str | None:
+    """Why ``url`` cannot be stored as text: JSON may carry half a surrogate pair ("\\ud800"),
+    which no database stores as UTF-8 (and yarl drops without a word)."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"character {e.start + 1} is not a valid Unicode character"
+    return None
+
+
 def parse_urls(text: str) -> list[str]:
     """Non-blank lines, stripped; raises ValidationError naming every bad line."""
     numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -24,7 +34,7 @@ def parse_urls(text: str) -> list[str]:
             f"{len(numbered)} URLs is more than the {settings.SCANS_MAX_URLS} a scan may hold."
         )
     ports = settings.SCANS_ALLOWED_PORTS  # read once: each read of a setting costs a lookup
-    refused = [(n, url, why_url_refused(url, ports)) for n, url in numbered]
+    refused = [(n, url, _not_text(url) or why_url_refused(url, ports)) for n, url in numbered]
     refused = [(n, url, reason) for n, url, reason in refused if reason]
     if refused:
         summary = f"Fix {_line_numbers([n for n, _, _ in refused])} of the list:"

@@ -63,6 +63,15 @@ def test_bad_input_gets_json_errors_naming_the_problem(key):
     )
     assert response.status_code == 400
     assert any("Line 2" in m for m in response.json()["fields"]["urls"])
+    # JSON may carry half a surrogate pair, which no database can store as text.
+    response = post_json(
+        api, "/api/scans/", '{"urls": ["http://ok.example/", "http://a.example/\\ud800"]}', **auth
+    )
+    assert response.status_code == 400
+    assert any(
+        "Line 2" in m and "not a valid Unicode character" in m
+        for m in response.json()["fields"]["urls"]
+    )
     response = post_json(
         api, "/api/scans/", {"urls": ["http://a.example/"], "concurrency": 0}, **auth
     )
