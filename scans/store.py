@@ -299,8 +299,10 @@ def _update_rows_still_ours(worker_id: str, written: dict[int, tuple[tuple, dict
 
 
 # Everything a progress message shows of the scan, read back by the write that counts.
-_SHOWN_OF_SCAN = {"id", "status", "total", "done", "concurrency", "timeout_s", "total_bytes"}
-_SHOWN_OF_SCAN |= {"sum_ms", "seq", "created", "started", "finished"}
+_SHOWN_OF_SCAN = {
+    "id", "status", "total", "done", "concurrency", "timeout_s",
+    "total_bytes", "sum_ms", "seq", "created", "started", "finished",
+}  # fmt: skip
 # In the model's order, as Model.from_db takes them.
 _SCAN_FIELDS = tuple(f.attname for f in Scan._meta.concrete_fields if f.attname in _SHOWN_OF_SCAN)
 _SCAN_COLUMNS = ", ".join(_SCAN_FIELDS)

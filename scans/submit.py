@@ -73,7 +73,7 @@ def _insert_pending_rows(scan: Scan, urls: list[str]) -> None:
                 for position, url in enumerate(urls):
                     copy.write_row((*values, position, url))
         else:
-            # 10,000 rows in 25 ms, against 85 ms for executemany (a step of SQLite a row).
+            # 10,000 rows in 32 ms, against 91 ms for executemany (a step of SQLite a row).
             marks = ", ".join(["%s"] * len(values))
             sql = f"INSERT INTO {table} ({columns}) SELECT {marks}, key, value FROM json_each(%s)"
             cursor.execute(sql, [*values, json.dumps(urls, ensure_ascii=False)])
