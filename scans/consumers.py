@@ -174,7 +174,7 @@ def shared_snapshot(scan_id: str, read_after: float) -> list[str] | None:
         if shared is None or not shared.serves(read_after):
             read_at = time.monotonic()
             try:
-                data = snapshot(scan_id)
+                data = snapshot(scan_id, brief_pending=True)
             except Scan.DoesNotExist:
                 return None
             shared = SharedSnapshot(snapshot_parts(data), read_at)
