@@ -148,6 +148,37 @@ def test_a_reload_halfway_loses_no_row(page: Page, target):
     assert sizes_shown(page) == expected_sizes(sizes)
 
 
+def test_a_page_opened_mid_scan_draws_a_bar_for_each_finished_fetch_only(page: Page, target):
+    # Its snapshot sends a pending row as position, URL and state alone.
+    urls = sized(target, [700 + i for i in range(30)], [150] * 30)
+    submit(page, urls, concurrency=3)
+    wait_for_finished_rows(page, 6)
+
+    page.reload()
+    expect(page.locator("[data-scan=connection]")).to_have_text("live")
+    page.wait_for_function(
+        """() => {
+            const bars = document.querySelectorAll('[data-scan=waterfall] g.fetch').length;
+            const done = document.querySelectorAll('tbody tr:not(.state-pending)').length;
+            return bars === done && done < 30;
+        }"""
+    )
+    drawn = page.locator("[data-scan=waterfall] g.fetch rect").evaluate_all(
+        "rects => rects.map(r => r.getAttribute('x') + ' ' + r.getAttribute('width'))"
+    )
+    assert drawn and not [xy for xy in drawn if "undefined" in xy or "NaN" in xy]
+    wait_for_status(page, "done")
+    expect(page.locator("[data-scan=waterfall] g.fetch")).to_have_count(30)
+
+
+def test_the_pages_name_an_icon_that_loads(page: Page):
+    # Else a browser asks for /favicon.ico on every page and gets a 404.
+    page.goto("/")
+    icon = page.locator("link[rel=icon]").get_attribute("href", timeout=2000)
+    response = page.request.get(icon)
+    assert response.ok and response.headers["content-type"].startswith("image/svg+xml")
+
+
 def test_older_messages_arriving_after_the_last_do_not_undo_the_end(page: Page, target):
     """Two workers' messages can cross on their way to the page. The socket is played
     by the test here: real workers cannot be made to cross their messages on cue."""
