@@ -32,7 +32,8 @@ def group_name(scan_id: uuid.UUID | str) -> str:
 async def announce(scan_id: uuid.UUID | str, message: dict) -> None:
     """Sends a progress message to every socket watching the scan, encoded once here:
     the sockets relay the text as it is, and the layer copies a string, not the results."""
-    event = {"type": "scan.progress", "text": json.dumps({"type": "progress", **message})}
+    text = json.dumps({"type": "progress", **message})
+    event = {"type": "scan.progress", "scan": str(scan_id), "text": text}
     await get_channel_layer().group_send(group_name(scan_id), event)
 
 

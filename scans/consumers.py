@@ -7,15 +7,14 @@ import json
 import threading
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from scans.announcer import group_name
 from scans.models import Scan
+from scans.relay import relay_of_this_loop
 from scans.runner import get_runner
 from scans.snapshots import snapshot
 
@@ -28,28 +27,12 @@ SNAPSHOT_PART_ROWS = 1000
 SNAPSHOT_PART_BYTES = 768 * 1024
 # How long sockets share one encoded snapshot of a scan in one state.
 SNAPSHOT_SHARED_S = 2.0
-# Sockets joining or leaving their scan's group at once. channels-redis's pool of
-# Redis connections (redis-py's, 100 a process) raises rather than waits when all
-# are in use: 200 pages opened at once on a running scan failed 121 handshakes.
-GROUP_CALLS_AT_ONCE = 20
-_group_calls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _group_calls_gate() -> asyncio.Semaphore:
-    """This loop's turn to call the channel layer for a group (one semaphore a loop)."""
-    loop = asyncio.get_running_loop()
-    gate = _group_calls.get(loop)
-    if gate is None:
-        gate = _group_calls[loop] = asyncio.Semaphore(GROUP_CALLS_AT_ONCE)
-    return gate
 
 
 class ScanConsumer(AsyncJsonWebsocketConsumer):
     """Sends a snapshot on connect (and on request), then relays progress."""
 
-    group: str | None = None
+    watching = False
     last_snapshot = float("-inf")
     owed_snapshot: asyncio.Task | None = None
 
@@ -58,11 +41,12 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         if not await self.may_see_scan():
             await self.close()
             return
-        self.group = group_name(self.scan_id)
-        # Join before the snapshot is read, so nothing falls between the two; read it
+        # Progress that comes before the snapshot is sent waits here, then follows it.
+        self.held: list[str] | None = []
+        # Watch before the snapshot is read, so nothing falls between the two; read it
         # before accepting, so the first message is as new as the moment the page opened.
-        async with _group_calls_gate():
-            await self.channel_layer.group_add(self.group, self.channel_name)
+        await relay_of_this_loop().watch(self.scan_id, self)
+        self.watching = True
         self.last_snapshot = joined = time.monotonic()
         parts = await shared_snapshot(self.scan_id, read_after=joined)
         if parts is None:
@@ -70,13 +54,22 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.accept()
         await self.send_parts(parts)
+        while self.held:
+            await self.send(text_data=self.held.pop(0))
+        self.held = None
 
     async def disconnect(self, code: int) -> None:
         if self.owed_snapshot is not None:
             self.owed_snapshot.cancel()
-        if self.group:
-            async with _group_calls_gate():
-                await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.watching:
+            relay_of_this_loop().unwatch(self.scan_id, self)
+
+    async def pass_on(self, text: str) -> None:
+        """A progress message of the scan, as it came (see scans.relay)."""
+        if self.held is not None:
+            self.held.append(text)
+        else:
+            await self.send(text_data=text)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -100,17 +93,6 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         await asyncio.sleep(wait_s)
         self.owed_snapshot = None
         await self.send_snapshot()
-
-    async def dispatch(self, message: dict) -> None:
-        # Progress is relayed as it came: not after Channels' check of the database
-        # connections (a trip to the thread that reads snapshots), once a message a socket.
-        if message["type"] == "scan.progress":
-            await self.scan_progress(message)
-        else:
-            await super().dispatch(message)
-
-    async def scan_progress(self, event: dict) -> None:
-        await self.send(text_data=event["text"])
 
     async def send_snapshot(self) -> None:
         # Read after the page asked: it holds what the page found missing.

@@ -1,0 +1,140 @@
+"""Progress for the sockets of this process: one member of a scan's group per process
+and event loop, not one per socket.
+
+A socket in a group costs its web process a receive from the channel layer for every
+message (with channels-redis, two tasks and a wait). 200 sockets on one running scan spent
+most of daphne's CPU there, and their results arrived 3-4 s after their fetches. Here a
+process's sockets on a scan share one channel in the scan's group: it joins when the
+first of them arrives and leaves after the last, and each message it receives is handed
+to each of them in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import uuid
+import weakref
+from contextlib import suppress
+from typing import Protocol
+
+from channels.layers import get_channel_layer
+
+from scans.announcer import group_name
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 1.0
+# Calls to the channel layer for groups at once. channels-redis's pool of Redis
+# connections (redis-py's, 100 a process) raises rather than waits when all are in use.
+GROUP_CALLS_AT_ONCE = 20
+
+
+class Watcher(Protocol):
+    async def pass_on(self, text: str) -> None: ...
+
+
+class Relay:
+    """The sockets of one event loop that watch each scan, and the channel their progress
+    comes in on."""
+
+    def __init__(self, layer=None) -> None:
+        self.layer = layer or get_channel_layer()
+        self.watchers: dict[str, set[Watcher]] = {}
+        self.channel: str | None = None
+        # A scan's group_add and group_discard for this channel, in the order they were
+        # asked for: a discard still under way must not land after the next add.
+        self._joined: dict[str, asyncio.Task] = {}
+        self._leaving: dict[str, asyncio.Task] = {}
+        self._receiving: asyncio.Task | None = None
+        self._opening = asyncio.Lock()
+        self._group_calls = asyncio.Semaphore(GROUP_CALLS_AT_ONCE)
+
+    async def watch(self, scan_id: str | uuid.UUID, watcher: Watcher) -> None:
+        """Once this returns, every progress message of the scan that the layer delivers
+        goes to ``watcher.pass_on``. Raises, watching nothing, if the layer cannot be joined."""
+        scan_id = str(scan_id)  # as the messages name it
+        await self._open()
+        self.watchers.setdefault(scan_id, set()).add(watcher)
+        joined = self._joined.get(scan_id)
+        if joined is None or _failed(joined):
+            joined = self._joined[scan_id] = _spawn(self._join(scan_id))
+        try:
+            await asyncio.shield(joined)
+        except BaseException:  # the join failed, or the socket went while it waited
+            self.unwatch(scan_id, watcher)
+            raise
+
+    def unwatch(self, scan_id: str | uuid.UUID, watcher: Watcher) -> None:
+        scan_id = str(scan_id)
+        watchers = self.watchers.get(scan_id)
+        if watchers is None or watcher not in watchers:
+            return
+        watchers.discard(watcher)
+        if watchers:
+            return
+        del self.watchers[scan_id]
+        joined = self._joined.pop(scan_id, None)
+        self._leaving[scan_id] = _spawn(self._leave(scan_id, joined))
+
+    async def _open(self) -> None:
+        async with self._opening:
+            if self._receiving is None or self._receiving.done():
+                self.channel = await self.layer.new_channel()
+                self._receiving = _spawn(self._receive_forever(self.channel))
+
+    async def _join(self, scan_id: str) -> None:
+        leaving = self._leaving.get(scan_id)
+        if leaving is not None:
+            await asyncio.wait([leaving])
+        async with self._group_calls:
+            await self.layer.group_add(group_name(scan_id), self.channel)
+
+    async def _leave(self, scan_id: str, joined: asyncio.Task | None) -> None:
+        try:
+            if joined is not None:
+                await asyncio.wait([joined])
+                if _failed(joined):
+                    return  # never joined
+            async with self._group_calls:
+                with suppress(Exception):  # a membership left behind expires
+                    await self.layer.group_discard(group_name(scan_id), self.channel)
+        finally:
+            if self._leaving.get(scan_id) is asyncio.current_task():
+                del self._leaving[scan_id]
+
+    async def _receive_forever(self, channel: str) -> None:
+        while True:
+            try:
+                event = await self.layer.receive(channel)
+            except Exception:
+                # Messages are hints: pages see the gap in seq and read the database.
+                log.exception("could not receive progress on %s", channel)
+                await asyncio.sleep(RETRY_S)
+                continue
+            for watcher in list(self.watchers.get(event.get("scan"), ())):
+                try:
+                    await watcher.pass_on(event["text"])
+                except Exception:
+                    log.exception("could not relay progress of scan %s", event.get("scan"))
+
+
+def _failed(task: asyncio.Task) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
+def _spawn(coro) -> asyncio.Task:
+    """A task in a fresh context, not the first socket's: it outlives that socket."""
+    return asyncio.create_task(coro, context=contextvars.Context())
+
+
+_relays: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Relay] = weakref.WeakKeyDictionary()
+
+
+def relay_of_this_loop() -> Relay:
+    loop = asyncio.get_running_loop()
+    found = _relays.get(loop)
+    if found is None:
+        found = _relays[loop] = Relay()
+    return found

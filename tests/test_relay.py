@@ -1,0 +1,106 @@
+"""Sockets of one process on one scan share one member of its group: real sockets on the
+in-memory layer, and the relay itself on the Redis that runs on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import redis.asyncio as redis
+from channels.layers import get_channel_layer
+from channels_redis.core import RedisChannelLayer
+
+from scans.announcer import announce, group_name
+from scans.relay import Relay
+from tests.test_consumer import communicator, make_scan, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def progress(seq: int) -> dict:
+    return {"seq": seq, "scan": {}, "results": []}
+
+
+async def eventually(check, seconds: float = 5) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_three_pages_on_a_scan_are_one_member_of_its_group_and_each_gets_everything():
+    scan = await make_scan(["http://a.example/"])
+    cookie = await session_cookie("visitor-1")
+    pages = [communicator(scan.id, cookie) for _ in range(3)]
+    for page in pages:
+        assert (await page.connect())[0]
+        assert (await page.receive_json_from(timeout=5))["type"] == "snapshot"
+    groups = get_channel_layer().groups
+    assert len(groups[group_name(scan.id)]) == 1
+
+    for seq in (1, 2, 3):
+        await announce(scan.id, progress(seq))
+    for page in pages:
+        received = [await page.receive_json_from(timeout=5) for _ in range(3)]
+        assert [m["seq"] for m in received] == [1, 2, 3]
+
+    for page in pages:
+        await page.disconnect()
+    await eventually(lambda: not groups.get(group_name(scan.id)))
+
+
+async def test_a_page_opened_as_the_last_one_closes_still_gets_progress():
+    scan = await make_scan(["http://a.example/"])
+    cookie = await session_cookie("visitor-1")
+    first = communicator(scan.id, cookie)
+    await first.connect()
+    await first.receive_json_from(timeout=5)
+    # The first's leaving and the second's joining run at once: the join must land last.
+    second = communicator(scan.id, cookie)
+    await asyncio.gather(first.disconnect(), second.connect())
+    await second.receive_json_from(timeout=5)
+    await announce(scan.id, progress(1))
+    assert (await second.receive_json_from(timeout=5))["seq"] == 1
+    await second.disconnect()
+
+
+class Page:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def pass_on(self, text: str) -> None:
+        self.texts.append(text)
+
+
+async def test_on_redis_a_process_joins_a_scan_once_and_leaves_after_its_last_page(redis_url):
+    prefix = f"test-relay-{uuid.uuid4().hex[:8]}"
+    web = RedisChannelLayer(hosts=[redis_url], prefix=prefix)
+    worker = RedisChannelLayer(hosts=[redis_url], prefix=prefix)
+    members_key = f"{prefix}:group:{group_name('scan-1')}"
+    client = redis.from_url(redis_url)
+    relay = Relay(web)
+    pages = [Page() for _ in range(3)]
+    try:
+        for page in pages:
+            await relay.watch("scan-1", page)
+        assert await client.zcard(members_key) == 1
+
+        event = {"type": "scan.progress", "scan": "scan-1", "text": json.dumps(progress(7))}
+        await worker.group_send(group_name("scan-1"), event)
+        await eventually(lambda: all(page.texts for page in pages))
+        assert [page.texts for page in pages] == [[event["text"]]] * 3
+
+        for page in pages[:2]:
+            relay.unwatch("scan-1", page)
+        await asyncio.sleep(0.2)
+        assert await client.zcard(members_key) == 1  # one page still watches
+        relay.unwatch("scan-1", pages[2])
+        async with asyncio.timeout(5):
+            while await client.zcard(members_key):
+                await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
+        await web.flush()
+        await web.close_pools()
+        await worker.close_pools()
