@@ -2,11 +2,10 @@
 and event loop, not one per socket.
 
 A socket in a group costs its web process a receive from the channel layer for every
-message (with channels-redis, two tasks and a wait). 200 sockets on one running scan spent
-most of daphne's CPU there, and their results arrived 3-4 s after their fetches. Here a
-process's sockets on a scan share one channel in the scan's group: it joins when the
-first of them arrives and leaves after the last, and each message it receives is handed
-to each of them in turn.
+message (with channels-redis, two tasks and a wait): with 200 sockets on one running scan,
+that was most of daphne's CPU. Here a process's sockets on a scan share one channel in the
+scan's group: it joins when the first of them arrives and leaves after the last, and each
+message it receives is handed to each of them in turn.
 """
 
 from __future__ import annotations
@@ -133,6 +132,7 @@ _relays: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Relay] = weakref.W
 
 
 def relay_of_this_loop() -> Relay:
+    """The relay of the running event loop (daphne has one; each test has its own)."""
     loop = asyncio.get_running_loop()
     found = _relays.get(loop)
     if found is None:
