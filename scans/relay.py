@@ -115,8 +115,10 @@ class Relay:
             for watcher in list(self.watchers.get(event.get("scan"), ())):
                 try:
                     await watcher.pass_on(event["text"])
-                except Exception:
-                    log.exception("could not relay progress of scan %s", event.get("scan"))
+                except Exception as e:  # noqa: BLE001 - one socket's failure is not the others'
+                    # Most often its socket closed after the message came; its disconnect
+                    # follows, and with it the unwatch.
+                    log.info("progress of scan %s not relayed: %r", event.get("scan"), e)
 
 
 def _failed(task: asyncio.Task) -> bool:

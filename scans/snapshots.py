@@ -27,10 +27,6 @@ RESULT_FIELDS = (
     "error_message",
     "finished_at",
 )
-# What a pending result is in a socket's snapshot (position, url, state): the page's HTML
-# has the row, and the first snapshot of a big scan is mostly pending rows (10,000 of
-# them: 3.1 MB in full). The first fields of RESULT_FIELDS, so a row's first values.
-PENDING_FIELDS = RESULT_FIELDS[:3]
 
 
 def _iso(value) -> str | None:
@@ -61,32 +57,30 @@ def result_dict(values: dict) -> dict:
     return row
 
 
-def snapshot(scan_id, brief_pending: bool = False) -> dict:
-    """Everything a page needs to draw a scan; with ``brief_pending``, a pending
-    result holds only PENDING_FIELDS.
+def snapshot(scan_id, finished_only: bool = False) -> dict:
+    """Everything a page needs to draw a scan: the scan and its results, or with
+    ``finished_only`` the results that are no longer pending.
 
     The scan (and its seq) is read before the rows, so the rows are at least
     as new as the seq: a page may see a result twice, never miss one.
     """
     scan = Scan.objects.get(pk=scan_id)
-    rows = Result.objects.filter(scan_id=scan_id).order_by("position").values_list(*RESULT_FIELDS)
+    rows = Result.objects.filter(scan_id=scan_id)
+    if finished_only:
+        rows = rows.filter(state__in=(Result.OK, Result.ERROR))
+    rows = rows.order_by("position").values_list(*RESULT_FIELDS)
     if connection.vendor == "sqlite":
-        return message(scan, _results_in_one_step(rows, brief_pending))
-    return message(scan, [_result_from_row(row, brief_pending) for row in rows])
+        return message(scan, _results_in_one_step(rows))
+    return message(scan, [_result_from_row(row) for row in rows])
 
 
-_STATE = RESULT_FIELDS.index("state")
-
-
-def _result_from_row(row: tuple, brief_pending: bool) -> dict:
-    if brief_pending and row[_STATE] == Result.PENDING:
-        return dict(zip(PENDING_FIELDS, row, strict=False))
+def _result_from_row(row: tuple) -> dict:
     result = dict(zip(RESULT_FIELDS, row, strict=True))
     result["finished_at"] = _iso(result["finished_at"])
     return result
 
 
-def _results_in_one_step(rows: QuerySet, brief_pending: bool) -> list[dict]:
+def _results_in_one_step(rows: QuerySet) -> list[dict]:
     """The rows, read as one JSON array that SQLite builds.
 
     SQLite hands a query's rows over one at a time, and Python lets go of the GIL
@@ -94,19 +88,13 @@ def _results_in_one_step(rows: QuerySet, brief_pending: bool) -> list[dict]:
     by one took 280-320 ms instead of 40, and the socket's progress waited behind them.
     """
     sql, params = rows.query.sql_with_params()
-    quote = connection.ops.quote_name
-    array = f"json_array({', '.join(quote(name) for name in RESULT_FIELDS)})"
-    if brief_pending:
-        brief = f"json_array({', '.join(quote(name) for name in PENDING_FIELDS)})"
-        array = f"CASE WHEN {quote('state')} = %s THEN {brief} ELSE {array} END"
-        params = (Result.PENDING, *params)
+    columns = ", ".join(connection.ops.quote_name(name) for name in RESULT_FIELDS)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT json_group_array({array}) FROM ({sql})", params)
+        cursor.execute(f"SELECT json_group_array(json_array({columns})) FROM ({sql})", params)
         (text,) = cursor.fetchone()
-    # A brief row is shorter than RESULT_FIELDS: zip stops at its end.
-    results = [dict(zip(RESULT_FIELDS, row, strict=False)) for row in json.loads(text)]
+    results = [dict(zip(RESULT_FIELDS, row, strict=True)) for row in json.loads(text)]
     for result in results:
-        if result.get("finished_at"):
+        if result["finished_at"]:
             # Naive UTC text, as Django stores a datetime in SQLite.
             finished_at = datetime.fromisoformat(result["finished_at"]).replace(tzinfo=UTC)
             result["finished_at"] = finished_at.isoformat()

@@ -97,7 +97,7 @@ export class Waterfall {
     this.inFlight.get(result.position)?.bar.remove();
     this.inFlight.delete(result.position);
     const { start_ms: start, elapsed_ms: elapsed } = result;
-    if (start == null || elapsed == null) return; // a pending result may omit both
+    if (start === null || elapsed === null) return;
     const wait = Math.min(result.ttfb_ms ?? elapsed, elapsed);
     const y = result.position + (1 - BAR_HEIGHT) / 2;
     const bar = svg("g", { class: isFailed(result) ? "fetch failed" : "fetch" });
