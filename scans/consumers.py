@@ -32,6 +32,10 @@ SNAPSHOT_SHARED_S = 2.0
 class ScanConsumer(AsyncJsonWebsocketConsumer):
     """Sends a snapshot on connect (and on request), then relays progress."""
 
+    # No channel of its own (Channels gives none for a layer that is not configured): its
+    # progress comes through scans.relay, and an idle channel was a second receiver on
+    # the layer, which with Redis took turns with the relay's and made its tail longer.
+    channel_layer_alias = "none: progress comes through scans.relay"
     watching = False
     last_snapshot = float("-inf")
     owed_snapshot: asyncio.Task | None = None
