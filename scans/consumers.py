@@ -33,8 +33,8 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
     """Sends a snapshot on connect (and on request), then relays progress."""
 
     # No channel of its own (Channels gives none for a layer that is not configured): its
-    # progress comes through scans.relay, and an idle channel was a second receiver on
-    # the layer, which with Redis took turns with the relay's and made its tail longer.
+    # progress comes through scans.relay, and an idle channel would be one more receiver
+    # on the layer, for nothing.
     channel_layer_alias = "none: progress comes through scans.relay"
     watching = False
     last_snapshot = float("-inf")

@@ -32,12 +32,16 @@ async def eventually(check, seconds: float = 5) -> None:
 async def test_three_pages_on_a_scan_are_one_member_of_its_group_and_each_gets_everything():
     scan = await make_scan(["http://a.example/"])
     cookie = await session_cookie("visitor-1")
+    layer = get_channel_layer()
+    channels_before = set(layer.channels)
     pages = [communicator(scan.id, cookie) for _ in range(3)]
     for page in pages:
         assert (await page.connect())[0]
         assert (await page.receive_json_from(timeout=5))["type"] == "snapshot"
-    groups = get_channel_layer().groups
+    groups = layer.groups
     assert len(groups[group_name(scan.id)]) == 1
+    # Nor does each page read a channel of its own: only the relay's is new.
+    assert len(set(layer.channels) - channels_before) <= 1
 
     for seq in (1, 2, 3):
         await announce(scan.id, progress(seq))
