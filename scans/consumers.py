@@ -51,16 +51,22 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         # before accepting, so the first message is as new as the moment the page opened.
         await relay_of_this_loop().watch(self.scan_id, self)
         self.watching = True
-        self.last_snapshot = joined = time.monotonic()
-        parts = await shared_snapshot(self.scan_id, read_after=joined)
-        if parts is None:
-            await self.close()  # the scan was deleted meanwhile
-            return
-        await self.accept()
-        await self.send_parts(parts)
-        while self.held:
-            await self.send(text_data=self.held.pop(0))
-        self.held = None
+        try:
+            self.last_snapshot = joined = time.monotonic()
+            parts = await shared_snapshot(self.scan_id, read_after=joined)
+            if parts is None:
+                await self.close()  # the scan was deleted meanwhile
+                return
+            await self.accept()
+            await self.send_parts(parts)
+            while self.held:
+                await self.send(text_data=self.held.pop(0))
+            self.held = None
+        except BaseException:
+            # An application that dies here gets no disconnect: stop watching now.
+            relay_of_this_loop().unwatch(self.scan_id, self)
+            self.watching = False
+            raise
 
     async def disconnect(self, code: int) -> None:
         if self.owed_snapshot is not None:

@@ -4,8 +4,10 @@ and event loop, not one per socket.
 A socket in a group costs its web process a receive from the channel layer for every
 message (with channels-redis, two tasks and a wait): with 200 sockets on one running scan,
 that was most of daphne's CPU. Here a process's sockets on a scan share one channel in the
-scan's group: it joins when the first of them arrives and leaves after the last, and each
-message it receives is handed to each of them in turn.
+scan's group: it joins when the first of them arrives (again with each one after, and every
+REJOIN_S: a membership can be lost, to a restart of Redis, or to the in-memory layer, which
+drops a channel from its groups once a message in it expires), leaves after the last, and
+hands each message it receives to each of them in turn.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scans.announcer import group_name
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
+REJOIN_S = 30.0
 # Calls to the channel layer for groups at once. channels-redis's pool of Redis
 # connections (redis-py's, 100 a process) raises rather than waits when all are in use.
 GROUP_CALLS_AT_ONCE = 20
@@ -46,7 +49,7 @@ class Relay:
         # asked for: a discard still under way must not land after the next add.
         self._joined: dict[str, asyncio.Task] = {}
         self._leaving: dict[str, asyncio.Task] = {}
-        self._receiving: asyncio.Task | None = None
+        self._chores: list[asyncio.Task] = []
         self._opening = asyncio.Lock()
         self._group_calls = asyncio.Semaphore(GROUP_CALLS_AT_ONCE)
 
@@ -56,9 +59,9 @@ class Relay:
         scan_id = str(scan_id)  # as the messages name it
         await self._open()
         self.watchers.setdefault(scan_id, set()).add(watcher)
-        joined = self._joined.get(scan_id)
-        if joined is None or _failed(joined):
-            joined = self._joined[scan_id] = _spawn(self._join(scan_id))
+        # Joined again for each socket, as each socket once joined for itself: a
+        # membership lost since the first would otherwise stay lost.
+        joined = self._joined[scan_id] = _spawn(self._join(scan_id))
         try:
             await asyncio.shield(joined)
         except BaseException:  # the join failed, or the socket went while it waited
@@ -79,9 +82,12 @@ class Relay:
 
     async def _open(self) -> None:
         async with self._opening:
-            if self._receiving is None or self._receiving.done():
+            if self.channel is None:
                 self.channel = await self.layer.new_channel()
-                self._receiving = _spawn(self._receive_forever(self.channel))
+            if not self._chores or any(chore.done() for chore in self._chores):
+                for chore in self._chores:
+                    chore.cancel()
+                self._chores = [_spawn(self._receive_forever()), _spawn(self._rejoin_forever())]
 
     async def _join(self, scan_id: str) -> None:
         leaving = self._leaving.get(scan_id)
@@ -93,9 +99,7 @@ class Relay:
     async def _leave(self, scan_id: str, joined: asyncio.Task | None) -> None:
         try:
             if joined is not None:
-                await asyncio.wait([joined])
-                if _failed(joined):
-                    return  # never joined
+                await asyncio.wait([joined])  # failed or not: an earlier join may have held
             async with self._group_calls:
                 with suppress(Exception):  # a membership left behind expires
                     await self.layer.group_discard(group_name(scan_id), self.channel)
@@ -103,13 +107,24 @@ class Relay:
             if self._leaving.get(scan_id) is asyncio.current_task():
                 del self._leaving[scan_id]
 
-    async def _receive_forever(self, channel: str) -> None:
+    async def _rejoin_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REJOIN_S)
+            joins = {scan_id: _spawn(self._join(scan_id)) for scan_id in self.watchers}
+            self._joined.update(joins)
+            for scan_id, outcome in zip(
+                joins, await asyncio.gather(*joins.values(), return_exceptions=True), strict=True
+            ):
+                if isinstance(outcome, Exception):
+                    log.warning("could not join scan %s's group again: %r", scan_id, outcome)
+
+    async def _receive_forever(self) -> None:
         while True:
             try:
-                event = await self.layer.receive(channel)
+                event = await self.layer.receive(self.channel)
             except Exception:
                 # Messages are hints: pages see the gap in seq and read the database.
-                log.exception("could not receive progress on %s", channel)
+                log.exception("could not receive progress on %s", self.channel)
                 await asyncio.sleep(RETRY_S)
                 continue
             for watcher in list(self.watchers.get(event.get("scan"), ())):
@@ -119,10 +134,6 @@ class Relay:
                     # Most often its socket closed after the message came; its disconnect
                     # follows, and with it the unwatch.
                     log.info("progress of scan %s not relayed: %r", event.get("scan"), e)
-
-
-def _failed(task: asyncio.Task) -> bool:
-    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _spawn(coro) -> asyncio.Task:

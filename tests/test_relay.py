@@ -9,11 +9,12 @@ import uuid
 
 import pytest
 import redis.asyncio as redis
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 
 from scans.announcer import announce, group_name
-from scans.relay import Relay
+from scans.relay import Relay, relay_of_this_loop
 from tests.test_consumer import communicator, make_scan, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,3 +109,48 @@ async def test_on_redis_a_process_joins_a_scan_once_and_leaves_after_its_last_pa
         await web.flush()
         await web.close_pools()
         await worker.close_pools()
+
+
+async def test_a_page_whose_connect_fails_stops_watching(monkeypatch):
+    scan = await make_scan(["http://a.example/"])
+
+    def broken(scan_id, read_after):  # as the database failing under the snapshot's read
+        raise RuntimeError("the snapshot could not be read")
+
+    monkeypatch.setattr("scans.consumers.shared_snapshot", database_sync_to_async(broken))
+    page = communicator(scan.id, await session_cookie("visitor-1"))
+    with pytest.raises(RuntimeError):
+        await page.connect()
+    assert str(scan.id) not in relay_of_this_loop().watchers
+    await eventually(lambda: not get_channel_layer().groups.get(group_name(scan.id)))
+
+
+async def test_a_lost_membership_comes_back_with_the_next_page():
+    scan = await make_scan(["http://a.example/"])
+    cookie = await session_cookie("visitor-1")
+    first = communicator(scan.id, cookie)
+    await first.connect()
+    await first.receive_json_from(timeout=5)
+    # As after a restart of Redis, or an expired message in the in-memory layer.
+    await get_channel_layer().group_discard(group_name(scan.id), relay_of_this_loop().channel)
+    second = communicator(scan.id, cookie)
+    await second.connect()
+    await second.receive_json_from(timeout=5)
+    await announce(scan.id, progress(1))
+    for page in (first, second):
+        assert (await page.receive_json_from(timeout=5))["seq"] == 1
+        await page.disconnect()
+
+
+async def test_a_lost_membership_comes_back_by_itself(monkeypatch):
+    monkeypatch.setattr("scans.relay.REJOIN_S", 0.1)
+    scan = await make_scan(["http://a.example/"])
+    page = communicator(scan.id, await session_cookie("visitor-1"))
+    await page.connect()
+    await page.receive_json_from(timeout=5)
+    layer = get_channel_layer()
+    await layer.group_discard(group_name(scan.id), relay_of_this_loop().channel)
+    await eventually(lambda: layer.groups.get(group_name(scan.id)))
+    await announce(scan.id, progress(1))
+    assert (await page.receive_json_from(timeout=5))["seq"] == 1
+    await page.disconnect()
