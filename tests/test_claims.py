@@ -244,7 +244,10 @@ async def test_a_url_whose_claim_expired_too_often_ends_as_an_error(target, runn
 
     first, second = await rows_of(scan)
     assert ended.status == Scan.DONE and ended.done == 2
-    assert (first.state, first.error, first.attempts) == ("error", "other", 4)
+    # Four claims: the three dead workers' and the runner's. Five if a write of the runner's
+    # failed and handed its rows back, as SQLite's shared in-memory test database may do
+    # while the test reads ("database table is locked"): the URL still ends as an error.
+    assert (first.state, first.error) == ("error", "other") and first.attempts in (4, 5)
     assert "gave up" in first.error_message and first.size is None
     assert (second.state, second.size, second.attempts) == ("ok", 20, 1)
 
