@@ -24,6 +24,14 @@ def progress(seq: int) -> dict:
     return {"seq": seq, "scan": {}, "results": []}
 
 
+async def open_page(scan_id, cookie: str):
+    """A page's socket, connected, its first snapshot read."""
+    page = communicator(scan_id, cookie)
+    assert (await page.connect())[0]
+    assert (await page.receive_json_from(timeout=5))["type"] == "snapshot"
+    return page
+
+
 async def eventually(check, seconds: float = 5) -> None:
     async with asyncio.timeout(seconds):
         while not check():
@@ -35,10 +43,7 @@ async def test_three_pages_on_a_scan_are_one_member_of_its_group_and_each_gets_e
     cookie = await session_cookie("visitor-1")
     layer = get_channel_layer()
     channels_before = set(layer.channels)
-    pages = [communicator(scan.id, cookie) for _ in range(3)]
-    for page in pages:
-        assert (await page.connect())[0]
-        assert (await page.receive_json_from(timeout=5))["type"] == "snapshot"
+    pages = [await open_page(scan.id, cookie) for _ in range(3)]
     groups = layer.groups
     assert len(groups[group_name(scan.id)]) == 1
     # Nor does each page read a channel of its own: only the relay's is new.
@@ -58,9 +63,7 @@ async def test_three_pages_on_a_scan_are_one_member_of_its_group_and_each_gets_e
 async def test_a_page_opened_as_the_last_one_closes_still_gets_progress():
     scan = await make_scan(["http://a.example/"])
     cookie = await session_cookie("visitor-1")
-    first = communicator(scan.id, cookie)
-    await first.connect()
-    await first.receive_json_from(timeout=5)
+    first = await open_page(scan.id, cookie)
     # The first's leaving and the second's joining run at once: the join must land last.
     second = communicator(scan.id, cookie)
     await asyncio.gather(first.disconnect(), second.connect())
@@ -128,14 +131,10 @@ async def test_a_page_whose_connect_fails_stops_watching(monkeypatch):
 async def test_a_lost_membership_comes_back_with_the_next_page():
     scan = await make_scan(["http://a.example/"])
     cookie = await session_cookie("visitor-1")
-    first = communicator(scan.id, cookie)
-    await first.connect()
-    await first.receive_json_from(timeout=5)
+    first = await open_page(scan.id, cookie)
     # As after a restart of Redis, or an expired message in the in-memory layer.
     await get_channel_layer().group_discard(group_name(scan.id), relay_of_this_loop().channel)
-    second = communicator(scan.id, cookie)
-    await second.connect()
-    await second.receive_json_from(timeout=5)
+    second = await open_page(scan.id, cookie)
     await announce(scan.id, progress(1))
     for page in (first, second):
         assert (await page.receive_json_from(timeout=5))["seq"] == 1
@@ -145,9 +144,7 @@ async def test_a_lost_membership_comes_back_with_the_next_page():
 async def test_a_lost_membership_comes_back_by_itself(monkeypatch):
     monkeypatch.setattr("scans.relay.REJOIN_S", 0.1)
     scan = await make_scan(["http://a.example/"])
-    page = communicator(scan.id, await session_cookie("visitor-1"))
-    await page.connect()
-    await page.receive_json_from(timeout=5)
+    page = await open_page(scan.id, await session_cookie("visitor-1"))
     layer = get_channel_layer()
     await layer.group_discard(group_name(scan.id), relay_of_this_loop().channel)
     await eventually(lambda: layer.groups.get(group_name(scan.id)))
