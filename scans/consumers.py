@@ -36,7 +36,6 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
     # progress comes through scans.relay, and an idle channel would be one more receiver
     # on the layer, for nothing.
     channel_layer_alias = "none: progress comes through scans.relay"
-    watching = False
     last_snapshot = float("-inf")
     owed_snapshot: asyncio.Task | None = None
 
@@ -50,7 +49,6 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         # Watch before the snapshot is read, so nothing falls between the two; read it
         # before accepting, so the first message is as new as the moment the page opened.
         await relay_of_this_loop().watch(self.scan_id, self)
-        self.watching = True
         try:
             self.last_snapshot = joined = time.monotonic()
             parts = await shared_snapshot(self.scan_id, read_after=joined)
@@ -65,14 +63,12 @@ class ScanConsumer(AsyncJsonWebsocketConsumer):
         except BaseException:
             # An application that dies here gets no disconnect: stop watching now.
             relay_of_this_loop().unwatch(self.scan_id, self)
-            self.watching = False
             raise
 
     async def disconnect(self, code: int) -> None:
         if self.owed_snapshot is not None:
             self.owed_snapshot.cancel()
-        if self.watching:
-            relay_of_this_loop().unwatch(self.scan_id, self)
+        relay_of_this_loop().unwatch(self.scan_id, self)  # nothing, if it never watched
 
     async def pass_on(self, text: str) -> None:
         """A progress message of the scan, as it came (see scans.relay)."""
