@@ -173,10 +173,11 @@ def test_a_page_opened_mid_scan_draws_a_bar_for_each_finished_fetch_only(page: P
 
 def test_the_pages_name_an_icon_that_loads(page: Page):
     # Else a browser asks for /favicon.ico on every page and gets a 404.
-    page.goto("/")
-    icon = page.locator("link[rel=icon]").get_attribute("href", timeout=2000)
-    response = page.request.get(icon)
-    assert response.ok and response.headers["content-type"].startswith("image/svg+xml")
+    for path in ("/", "/admin/login/"):
+        page.goto(path)
+        icon = page.locator("link[rel=icon]").get_attribute("href", timeout=2000)
+        response = page.request.get(icon)
+        assert response.ok and response.headers["content-type"].startswith("image/svg+xml")
 
 
 def test_older_messages_arriving_after_the_last_do_not_undo_the_end(page: Page, target):
