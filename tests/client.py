@@ -34,8 +34,10 @@ class Visitor:
             "concurrency": str(concurrency),
             "timeout": str(timeout),
         }
+        # Multipart, as the form's enctype asks.
+        body = aiohttp.FormData(form, default_to_multipart=True)
         async with self.session.post(
-            self.base_url + "/", data=form, allow_redirects=False
+            self.base_url + "/", data=body, allow_redirects=False
         ) as response:
             assert response.status == 302, await response.text()
             location = response.headers["Location"]

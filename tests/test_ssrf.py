@@ -17,8 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from scans.fetch import Fetcher, Limits, why_url_refused
+from scans.fetch import Fetcher, Limits, _why_text_refused, why_url_refused
 from tests.client import Visitor, watch
 from tests.conftest import Server, migrate, project_env
 
@@ -196,6 +198,32 @@ def test_it_refuses_urls_that_are_not_plain_http_to_an_allowed_port(url, reason)
 )
 def test_it_lets_plain_http_urls_through(url):
     assert why_url_refused(url, frozenset({80, 443})) is None
+
+
+# URLs built from the pieces that make the plain shape's reading go wrong if it is wrong:
+# case, user names, brackets, backslashes, tabs, odd ports, numeric and non-ASCII hosts.
+_hosts = st.sampled_from(
+    ["example.com", "EXAMPLE.com", "127.0.0.1", "127.1", "2130706433", "0x7f.1", "a..b", "-",
+     "127.0.0.1.", "[::1]", "[::1", "ex\\ample.com", "ex\tample.com", "café.fr", "", "@", "a@b"]
+)  # fmt: skip
+_ports = st.sampled_from(["", ":", ":80", ":443", ":8080", ":0", ":080", ":65535", ":65536",
+                          ":99999", ":123456", ":8o", ":+80"])  # fmt: skip
+_rests = st.sampled_from(["", "/", "/a?b=c", "?q", "#f", "\\x", "\t/", "@evil/", ":1/", " /"])
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(["http", "https", "HTTP", "hTTps", "ftp", "httpx", ""]),
+    st.sampled_from(["://", ":/", ":"]),
+    _hosts,
+    _ports,
+    _rests,
+    st.sampled_from([frozenset({80, 443}), frozenset({8080}), None]),
+)
+@example("http", "://", "example.com", ":65536", "/", None)
+def test_the_plain_shape_is_read_as_yarl_reads_it(scheme, slashes, host, port, rest, ports):
+    url = f"{scheme}{slashes}{host}{port}{rest}"
+    assert why_url_refused(url, ports) == _why_text_refused(url, ports)
 
 
 # End to end: a real daphne whose worker fetches, allowed 127.0.0.1/32 only.
