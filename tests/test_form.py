@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 from django.test import override_settings
 from django.urls import reverse
@@ -21,6 +23,19 @@ def test_it_shows_the_form(client):
     assert response.status_code == 200
     for name in ("urls", "concurrency", "timeout", "csrfmiddlewaretoken"):
         assert f'name="{name}"' in response.text
+
+
+def test_the_form_is_sent_as_multipart_and_a_urlencoded_post_works_too(client):
+    assert 'enctype="multipart/form-data"' in client.get("/").text
+    body = urlencode({"urls": "http://a.example/\nhttp://b.example/?q=1&r=2", "concurrency": "3",
+                      "timeout": "5"})  # fmt: skip
+    response = client.post(reverse("scans:new"), body, "application/x-www-form-urlencoded")
+    scan = Scan.objects.get()
+    assert response.status_code == 302 and (scan.total, scan.concurrency) == (2, 3)
+    assert list(scan.results.values_list("url", flat=True)) == [
+        "http://a.example/",
+        "http://b.example/?q=1&r=2",
+    ]
 
 
 def test_it_stores_the_scan_and_one_pending_row_per_url(client):
