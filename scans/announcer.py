@@ -1,12 +1,13 @@
-"""Progress messages to the sockets watching a scan, through the channel layer.
+"""Progress messages to the sockets watching a scan, through the progress channel layer.
 
 Messages go out one after another, in the order they were written, without holding
 up the next write. A worker's event loop runs a hundred fetches at once; under that
-load each of the layer's round trips to Redis waited its turn there (up to 30 ms a
-hop), and a group message takes four. A worker on Redis therefore sends from a
-thread and event loop of its own. The in-memory layer belongs to the loop of the web
-process that holds it, and sends from there (the web process's runner has a loop of its
-own, and hands its messages over).
+load each round trip to Redis waited its turn there (up to 30 ms), so a worker on Redis
+sends from a thread and event loop of its own. There a message is one PUBLISH (Redis
+pub/sub: ``PROGRESS_LAYER``); channels-redis's list-based layer took four round trips a
+group message. The in-memory layer belongs to the loop of the web process that holds it,
+and sends from there (the web process's runner has a loop of its own, and hands its
+messages over).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from scans.loops import start_loop_thread
 log = logging.getLogger(__name__)
 
 
+# The layer progress goes through (settings.CHANNEL_LAYERS): Redis pub/sub, or in memory.
+PROGRESS_LAYER = "progress"
+
+
 def group_name(scan_id: uuid.UUID | str) -> str:
     return f"scan.{scan_id}"
 
@@ -34,7 +39,7 @@ async def announce(scan_id: uuid.UUID | str, message: dict) -> None:
     the sockets relay the text as it is, and the layer copies a string, not the results."""
     text = json.dumps({"type": "progress", **message})
     event = {"type": "scan.progress", "scan": str(scan_id), "text": text}
-    await get_channel_layer().group_send(group_name(scan_id), event)
+    await get_channel_layer(PROGRESS_LAYER).group_send(group_name(scan_id), event)
 
 
 async def announce_or_log(
@@ -72,7 +77,7 @@ class Announcer:
     @classmethod
     def for_this_process(cls) -> Announcer:
         """On the running loop for the in-memory layer; on a thread of its own for others."""
-        if isinstance(get_channel_layer(), InMemoryChannelLayer):
+        if isinstance(get_channel_layer(PROGRESS_LAYER), InMemoryChannelLayer):
             return cls(asyncio.get_running_loop())
         return cls()
 

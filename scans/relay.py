@@ -8,6 +8,12 @@ scan's group: it joins when the first of them arrives (again with each one after
 REJOIN_S: a membership can be lost, to a restart of Redis, or to the in-memory layer, which
 drops a channel from its groups once a message in it expires), leaves after the last, and
 hands each message it receives to each of them in turn.
+
+The progress layer (``PROGRESS_LAYER``) is Redis pub/sub when there is Redis: a group is a
+Redis channel the process subscribes to, and a message one PUBLISH. A subscription is sent,
+not answered, so a socket's watch also sends an echo to the group and waits until it comes
+back: from then on every message published reaches this process, so nothing written after
+the socket's snapshot was read can pass it by.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from typing import Protocol
 
 from channels.layers import get_channel_layer
 
-from scans.announcer import group_name
+from scans.announcer import PROGRESS_LAYER, group_name
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 REJOIN_S = 30.0
+ECHO_EVERY_S = 0.05  # an echo published before the subscription landed is lost: send again
+ECHO_WAIT_S = 2.0  # then watch anyway: progress is a hint, and the page can ask for a snapshot
 # Calls to the channel layer for groups at once. channels-redis's pool of Redis
 # connections (redis-py's, 100 a process) raises rather than waits when all are in use.
 GROUP_CALLS_AT_ONCE = 20
@@ -42,7 +50,7 @@ class Relay:
     comes in on."""
 
     def __init__(self, layer=None) -> None:
-        self.layer = layer or get_channel_layer()
+        self.layer = layer or get_channel_layer(PROGRESS_LAYER)
         self.watchers: dict[str, set[Watcher]] = {}
         self.channel: str | None = None
         # A scan's group_add and group_discard for this channel, in the order they were
@@ -52,6 +60,7 @@ class Relay:
         self._chores: list[asyncio.Task] = []
         self._opening = asyncio.Lock()
         self._group_calls = asyncio.Semaphore(GROUP_CALLS_AT_ONCE)
+        self._echoes: dict[str, asyncio.Future[None]] = {}
 
     async def watch(self, scan_id: str | uuid.UUID, watcher: Watcher) -> None:
         """Once this returns, every progress message of the scan that the layer delivers
@@ -61,7 +70,7 @@ class Relay:
         self.watchers.setdefault(scan_id, set()).add(watcher)
         # Joined again for each socket, as each socket once joined for itself: a
         # membership lost since the first would otherwise stay lost.
-        joined = self._joined[scan_id] = _spawn(self._join(scan_id))
+        joined = self._joined[scan_id] = _spawn(self._join(scan_id, heard=True))
         try:
             await asyncio.shield(joined)
         except BaseException:  # the join failed, or the socket went while it waited
@@ -89,12 +98,30 @@ class Relay:
                     chore.cancel()
                 self._chores = [_spawn(self._receive_forever()), _spawn(self._rejoin_forever())]
 
-    async def _join(self, scan_id: str) -> None:
+    async def _join(self, scan_id: str, heard: bool = False) -> None:
         leaving = self._leaving.get(scan_id)
         if leaving is not None:
             await asyncio.wait([leaving])
         async with self._group_calls:
             await self.layer.group_add(group_name(scan_id), self.channel)
+        if heard:
+            await self._hear_echo(scan_id)
+
+    async def _hear_echo(self, scan_id: str) -> None:
+        """Returns once a message sent to the scan's group after joining it came back."""
+        token = uuid.uuid4().hex
+        echo = {"type": "relay.echo", "echo": token}
+        came_back = self._echoes[token] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(ECHO_WAIT_S):
+                while not came_back.done():
+                    async with self._group_calls:
+                        await self.layer.group_send(group_name(scan_id), echo)
+                    await asyncio.wait([came_back], timeout=ECHO_EVERY_S)
+        except TimeoutError:
+            log.warning("no echo from scan %s's group in %g s", scan_id, ECHO_WAIT_S)
+        finally:
+            del self._echoes[token]
 
     async def _leave(self, scan_id: str, joined: asyncio.Task | None) -> None:
         try:
@@ -126,6 +153,11 @@ class Relay:
                 # Messages are hints: pages see the gap in seq and read the database.
                 log.exception("could not receive progress on %s", self.channel)
                 await asyncio.sleep(RETRY_S)
+                continue
+            if "echo" in event:  # this process's own, or another's, which it ignores
+                came_back = self._echoes.get(event["echo"])
+                if came_back is not None and not came_back.done():
+                    came_back.set_result(None)
                 continue
             for watcher in list(self.watchers.get(event.get("scan"), ())):
                 try:

@@ -17,12 +17,14 @@ from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  #
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from scans.announcer import PROGRESS_LAYER  # noqa: E402
 from scans.consumers import ScanJobConsumer  # noqa: E402
 from scans.routing import websocket_urlpatterns  # noqa: E402
 from scans.runner import SCAN_JOBS, get_runner  # noqa: E402
 
 # Built now, not by the first form's wake-up: importing channels-redis took 38 ms of that POST.
 get_channel_layer()
+get_channel_layer(PROGRESS_LAYER)
 
 router = ProtocolTypeRouter(
     {

@@ -105,33 +105,37 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 REDIS_URL = os.getenv("REDIS_URL", "")
+# Two layers: "default" carries the wake-ups on "scan-jobs", "progress" what the pages see.
+# Both carry hints; the database holds the truth, so what they drop loses nothing a page or
+# a worker cannot rebuild.
 if REDIS_URL:
-    # The layer carries hints (wake-ups and progress); the database holds the
-    # truth, so these bounds lose nothing a page or a worker cannot rebuild.
+    # redis-py 8 times a read out after 5 s by default, the very time channels-redis
+    # blocks waiting for a message: a quiet worker would die of it. Longer, so only a
+    # dead Redis times out.
+    _REDIS_HOSTS = [{"address": REDIS_URL, "socket_timeout": 15}]
+    # Several deployments (or test runs) may share one Redis: keys and pub/sub channels
+    # (which are not per database) are named with it.
+    _PREFIX = os.getenv("CHANNELS_PREFIX", "asgi")
     CHANNEL_LAYERS = {
         "default": {
+            # Lists: each wake-up goes to one worker, the one that waited longest.
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # redis-py 8 times a read out after 5 s by default, the very time
-                # channels-redis blocks waiting for a message: a quiet socket or
-                # worker would die of it. Longer, so only a dead Redis times out.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
-                # Several deployments (or test runs) may share one Redis.
-                "prefix": os.getenv("CHANNELS_PREFIX", "asgi"),
-                # Messages waiting per channel. All the sockets of one daphne
-                # process share one Redis list, so this bounds what a slow
-                # process buffers; beyond it group messages are dropped, the
-                # page sees a gap in ``seq`` and asks for a snapshot. A full
-                # "scan-jobs" drops a wake-up, which the workers' sweep replaces.
+                "hosts": _REDIS_HOSTS,
+                "prefix": _PREFIX,
+                # Wake-ups waiting on "scan-jobs"; beyond it one is dropped, and the
+                # workers' sweep finds its scan.
                 "capacity": envint("CHANNELS_CAPACITY", 1000),
-                # Seconds a message waits unread: progress older than this is
-                # stale, and a wake-up no worker took is found by a sweep.
+                # Seconds a wake-up waits unread; one no worker took is found by a sweep.
                 "expiry": envint("CHANNELS_EXPIRY", 30),
-                # A socket is dropped from its scan's group after this long; a
-                # day outlasts any scan the limits allow.
-                "group_expiry": 86400,
             },
-        }
+        },
+        "progress": {
+            # Pub/sub: a scan's group is a Redis channel each web process subscribes to
+            # (scans.relay), and a progress message one PUBLISH.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": _REDIS_HOSTS, "prefix": _PREFIX},
+        },
     }
 else:
     CHANNEL_LAYERS = {
@@ -140,6 +144,7 @@ else:
             "CONFIG": {"capacity": envint("CHANNELS_CAPACITY", 1000), "expiry": 30},
         }
     }
+    CHANNEL_LAYERS["progress"] = CHANNEL_LAYERS["default"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

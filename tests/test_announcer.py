@@ -44,7 +44,11 @@ def test_a_silent_redis_costs_hints_not_memory_or_shutdown(silent_redis):
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {"hosts": [{"address": silent_redis, "socket_timeout": 15}]},
-        }
+        },
+        "progress": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": silent_redis, "socket_timeout": 15}]},
+        },
     }
     with override_settings(CHANNEL_LAYERS=layers):
         announcer = Announcer.for_this_process()

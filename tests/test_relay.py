@@ -1,5 +1,6 @@
 """Sockets of one process on one scan share one member of its group: real sockets on the
-in-memory layer, and the relay itself on the Redis that runs on this machine."""
+in-memory layer, and the relay itself on the Redis that runs on this machine (pub/sub, as
+the progress layer is there)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import uuid
 import pytest
 import redis.asyncio as redis
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from scans.announcer import announce, group_name
+from scans.announcer import PROGRESS_LAYER, announce, group_name
 from scans.relay import Relay, relay_of_this_loop
 from tests.test_consumer import communicator, make_scan, session_cookie
 
@@ -41,7 +42,7 @@ async def eventually(check, seconds: float = 5) -> None:
 async def test_three_pages_on_a_scan_are_one_member_of_its_group_and_each_gets_everything():
     scan = await make_scan(["http://a.example/"])
     cookie = await session_cookie("visitor-1")
-    layer = get_channel_layer()
+    layer = get_channel_layer(PROGRESS_LAYER)
     channels_before = set(layer.channels)
     pages = [await open_page(scan.id, cookie) for _ in range(3)]
     groups = layer.groups
@@ -83,16 +84,20 @@ class Page:
 
 async def test_on_redis_a_process_joins_a_scan_once_and_leaves_after_its_last_page(redis_url):
     prefix = f"test-relay-{uuid.uuid4().hex[:8]}"
-    web = RedisChannelLayer(hosts=[redis_url], prefix=prefix)
-    worker = RedisChannelLayer(hosts=[redis_url], prefix=prefix)
-    members_key = f"{prefix}:group:{group_name('scan-1')}"
+    web = RedisPubSubChannelLayer(hosts=[redis_url], prefix=prefix)
+    worker = RedisPubSubChannelLayer(hosts=[redis_url], prefix=prefix)
+    group_channel = f"{prefix}__group__{group_name('scan-1')}"
     client = redis.from_url(redis_url)
+
+    async def subscribers() -> int:
+        return dict(await client.pubsub_numsub(group_channel))[group_channel.encode()]
+
     relay = Relay(web)
     pages = [Page() for _ in range(3)]
     try:
         for page in pages:
             await relay.watch("scan-1", page)
-        assert await client.zcard(members_key) == 1
+        assert await subscribers() == 1
 
         event = {"type": "scan.progress", "scan": "scan-1", "text": json.dumps(progress(7))}
         await worker.group_send(group_name("scan-1"), event)
@@ -102,16 +107,39 @@ async def test_on_redis_a_process_joins_a_scan_once_and_leaves_after_its_last_pa
         for page in pages[:2]:
             relay.unwatch("scan-1", page)
         await asyncio.sleep(0.2)
-        assert await client.zcard(members_key) == 1  # one page still watches
+        assert await subscribers() == 1  # one page still watches
         relay.unwatch("scan-1", pages[2])
         async with asyncio.timeout(5):
-            while await client.zcard(members_key):
+            while await subscribers():
                 await asyncio.sleep(0.01)
     finally:
         await client.aclose()
         await web.flush()
-        await web.close_pools()
-        await worker.close_pools()
+        await worker.flush()
+
+
+class LateJoiningLayer(InMemoryChannelLayer):
+    """A layer whose group_add returns before the membership holds, as a Redis
+    subscription does: it is sent, and Redis takes it when it gets to it."""
+
+    async def group_add(self, group: str, channel: str) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            0.2, lambda: loop.create_task(super(LateJoiningLayer, self).group_add(group, channel))
+        )
+
+
+async def test_a_watch_returns_only_once_the_group_reaches_this_process():
+    layer = LateJoiningLayer()
+    relay = Relay(layer)
+    page = Page()
+    await relay.watch("scan-1", page)
+    # Sent the moment the watch returned, as a write just after the snapshot was read.
+    event = {"type": "scan.progress", "scan": "scan-1", "text": json.dumps(progress(1))}
+    await layer.group_send(group_name("scan-1"), event)
+    await eventually(lambda: page.texts)
+    assert page.texts == [event["text"]]
+    relay.unwatch("scan-1", page)
 
 
 async def test_a_page_whose_connect_fails_stops_watching(monkeypatch):
@@ -125,7 +153,7 @@ async def test_a_page_whose_connect_fails_stops_watching(monkeypatch):
     with pytest.raises(RuntimeError):
         await page.connect()
     assert str(scan.id) not in relay_of_this_loop().watchers
-    await eventually(lambda: not get_channel_layer().groups.get(group_name(scan.id)))
+    await eventually(lambda: not get_channel_layer(PROGRESS_LAYER).groups.get(group_name(scan.id)))
 
 
 async def test_a_lost_membership_comes_back_with_the_next_page():
@@ -133,7 +161,9 @@ async def test_a_lost_membership_comes_back_with_the_next_page():
     cookie = await session_cookie("visitor-1")
     first = await open_page(scan.id, cookie)
     # As after a restart of Redis, or an expired message in the in-memory layer.
-    await get_channel_layer().group_discard(group_name(scan.id), relay_of_this_loop().channel)
+    await get_channel_layer(PROGRESS_LAYER).group_discard(
+        group_name(scan.id), relay_of_this_loop().channel
+    )
     second = await open_page(scan.id, cookie)
     await announce(scan.id, progress(1))
     for page in (first, second):
@@ -145,7 +175,7 @@ async def test_a_lost_membership_comes_back_by_itself(monkeypatch):
     monkeypatch.setattr("scans.relay.REJOIN_S", 0.1)
     scan = await make_scan(["http://a.example/"])
     page = await open_page(scan.id, await session_cookie("visitor-1"))
-    layer = get_channel_layer()
+    layer = get_channel_layer(PROGRESS_LAYER)
     await layer.group_discard(group_name(scan.id), relay_of_this_loop().channel)
     await eventually(lambda: layer.groups.get(group_name(scan.id)))
     await announce(scan.id, progress(1))
