@@ -5,8 +5,12 @@ the progress layer is there)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import subprocess
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as redis
@@ -16,6 +20,8 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from scans.announcer import PROGRESS_LAYER, announce, group_name
 from scans.relay import Relay, relay_of_this_loop
+from tests.conftest import IN_CI
+from tests.processes import free_port, wait_for_port
 from tests.test_consumer import communicator, make_scan, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -114,6 +120,62 @@ async def test_on_redis_a_process_joins_a_scan_once_and_leaves_after_its_last_pa
                 await asyncio.sleep(0.01)
     finally:
         await client.aclose()
+        await web.flush()
+        await worker.flush()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, which it may stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
+        command += ["--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed"
+        pytest.fail(f"{message} (CI=true: tests may not skip)") if IN_CI else pytest.skip(message)
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_progress_comes_back_after_redis_restarts(private_redis):
+    web = RedisPubSubChannelLayer(hosts=[private_redis.url])
+    worker = RedisPubSubChannelLayer(hosts=[private_redis.url])
+    relay, page = Relay(web), Page()
+    try:
+        await relay.watch("scan-1", page)
+        private_redis.stop()
+        private_redis.start()
+
+        async def publish_until_heard() -> None:
+            for seq in range(1, 200):
+                event = {"type": "scan.progress", "scan": "scan-1", "text": str(seq)}
+                with contextlib.suppress(Exception):  # the first may meet the old connection
+                    await worker.group_send(group_name("scan-1"), event)
+                if page.texts:
+                    return
+                await asyncio.sleep(0.05)
+
+        async with asyncio.timeout(10):
+            await publish_until_heard()
+        assert page.texts
+    finally:
         await web.flush()
         await worker.flush()
 
