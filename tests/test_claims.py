@@ -246,10 +246,11 @@ async def test_a_url_whose_claim_expired_too_often_ends_as_an_error(target, runn
     assert ended.status == Scan.DONE and ended.done == 2
     # Four claims: the three dead workers' and the runner's. Five if a write of the runner's
     # failed and handed its rows back, as SQLite's shared in-memory test database may do
-    # while the test reads ("database table is locked"): the URL still ends as an error.
+    # while the test reads ("database table is locked"): the URL still ends as an error,
+    # and the other row, claimed a second time then, still ends with its answer.
     assert (first.state, first.error) == ("error", "other") and first.attempts in (4, 5)
     assert "gave up" in first.error_message and first.size is None
-    assert (second.state, second.size, second.attempts) == ("ok", 20, 1)
+    assert (second.state, second.size) == ("ok", 20) and second.attempts in (1, 2)
 
 
 @pytest.mark.django_db(transaction=True)
