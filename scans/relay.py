@@ -5,15 +5,17 @@ A socket in a group costs its web process a receive from the channel layer for e
 message (with channels-redis, two tasks and a wait): with 200 sockets on one running scan,
 that was most of daphne's CPU. Here a process's sockets on a scan share one channel in the
 scan's group: it joins when the first of them arrives (again with each one after, and every
-REJOIN_S: a membership can be lost, to a restart of Redis, or to the in-memory layer, which
-drops a channel from its groups once a message in it expires), leaves after the last, and
-hands each message it receives to each of them in turn.
+REJOIN_S: the in-memory layer drops a channel from its groups once a message in it expires),
+leaves after the last, and hands each message it receives to each of them in turn.
 
 The progress layer (``PROGRESS_LAYER``) is Redis pub/sub when there is Redis: a group is a
-Redis channel the process subscribes to, and a message one PUBLISH. A subscription is sent,
-not answered, so a socket's watch also sends an echo to the group and waits until it comes
-back: from then on every message published reaches this process, so nothing written after
-the socket's snapshot was read can pass it by.
+Redis channel the process subscribes to, and a message one PUBLISH. Joining again costs
+nothing there (channels-redis subscribes once), and a subscription lost to a restart of Redis
+is made again by redis-py as it reconnects. A subscription is sent, not answered, so a
+socket's watch also sends an echo to the group and waits until it comes back: from then on
+every message published reaches this process, so nothing written after the socket's snapshot
+was read can pass it by. An echo that never comes back (ECHO_WAIT_S) is logged, and the
+socket watches all the same: the page asks for a snapshot when a running scan goes quiet.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 REJOIN_S = 30.0
-ECHO_EVERY_S = 0.05  # an echo published before the subscription landed is lost: send again
+# An echo published before the subscription landed is lost: sent again after 50 ms, then
+# after twice as long each time (a busy process may simply not have read it yet).
+ECHO_FIRST_WAIT_S = 0.05
 ECHO_WAIT_S = 2.0  # then watch anyway: progress is a hint, and the page can ask for a snapshot
 # Calls to the channel layer for groups at once. channels-redis's pool of Redis
 # connections (redis-py's, 100 a process) raises rather than waits when all are in use.
@@ -69,7 +73,7 @@ class Relay:
         await self._open()
         self.watchers.setdefault(scan_id, set()).add(watcher)
         # Joined again for each socket, as each socket once joined for itself: a
-        # membership lost since the first would otherwise stay lost.
+        # membership the in-memory layer dropped since the first would otherwise stay lost.
         joined = self._joined[scan_id] = _spawn(self._join(scan_id, heard=True))
         try:
             await asyncio.shield(joined)
@@ -106,18 +110,25 @@ class Relay:
             await self.layer.group_add(group_name(scan_id), self.channel)
         if heard:
             await self._hear_echo(scan_id)
+            if leaving is not None:
+                # The leave's unsubscribe and this subscribe went out on one connection and
+                # the echo on another: the first echo may have come back through the old
+                # subscription. One sent after it came back comes through the new one.
+                await self._hear_echo(scan_id)
 
     async def _hear_echo(self, scan_id: str) -> None:
         """Returns once a message sent to the scan's group after joining it came back."""
         token = uuid.uuid4().hex
         echo = {"type": "relay.echo", "echo": token}
         came_back = self._echoes[token] = asyncio.get_running_loop().create_future()
+        wait_s = ECHO_FIRST_WAIT_S
         try:
             async with asyncio.timeout(ECHO_WAIT_S):
                 while not came_back.done():
                     async with self._group_calls:
                         await self.layer.group_send(group_name(scan_id), echo)
-                    await asyncio.wait([came_back], timeout=ECHO_EVERY_S)
+                    await asyncio.wait([came_back], timeout=wait_s)
+                    wait_s *= 2
         except TimeoutError:
             log.warning("no echo from scan %s's group in %g s", scan_id, ECHO_WAIT_S)
         finally:

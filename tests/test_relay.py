@@ -222,7 +222,7 @@ async def test_a_lost_membership_comes_back_with_the_next_page():
     scan = await make_scan(["http://a.example/"])
     cookie = await session_cookie("visitor-1")
     first = await open_page(scan.id, cookie)
-    # As after a restart of Redis, or an expired message in the in-memory layer.
+    # As the in-memory layer does once a message to the relay's channel expired.
     await get_channel_layer(PROGRESS_LAYER).group_discard(
         group_name(scan.id), relay_of_this_loop().channel
     )
