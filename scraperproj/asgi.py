@@ -19,6 +19,7 @@ from django.conf import settings  # noqa: E402
 
 from scans.announcer import PROGRESS_LAYER  # noqa: E402
 from scans.consumers import ScanJobConsumer  # noqa: E402
+from scans.relay import relay_of_this_loop  # noqa: E402
 from scans.routing import websocket_urlpatterns  # noqa: E402
 from scans.runner import SCAN_JOBS, get_runner  # noqa: E402
 
@@ -38,7 +39,10 @@ router = ProtocolTypeRouter(
 
 
 async def application(scope: dict, receive, send) -> None:
-    # Daphne has no lifespan events: the first connection starts the in-process worker.
-    if settings.SCANS_RUN_IN_WEB and scope["type"] != "channel":
-        get_runner().start_beside(asyncio.get_running_loop())
+    # Daphne has no lifespan events: the first connection starts the in-process worker, and
+    # opens the loop's progress relay before the first page's socket needs it.
+    if scope["type"] != "channel":
+        if settings.SCANS_RUN_IN_WEB:
+            get_runner().start_beside(asyncio.get_running_loop())
+        relay_of_this_loop().open_soon()
     await router(scope, receive, send)
