@@ -122,13 +122,13 @@ class Relay:
             await asyncio.wait([leaving])
         async with self._group_calls:
             await self.layer.group_add(group_name(scan_id), self.channel)
-        if heard:
+        if not heard:
+            return
+        # After a leave, twice: its unsubscribe and this subscribe went out on one connection
+        # and the echo on another, so the first echo may have come back through the old
+        # subscription. One sent after it came back comes through the new one.
+        for _ in range(1 if leaving is None else 2):
             await self._hear_echo(scan_id)
-            if leaving is not None:
-                # The leave's unsubscribe and this subscribe went out on one connection and
-                # the echo on another: the first echo may have come back through the old
-                # subscription. One sent after it came back comes through the new one.
-                await self._hear_echo(scan_id)
 
     async def _hear_echo(self, scan_id: str) -> None:
         """Returns once a message sent to the scan's group after joining it came back."""
