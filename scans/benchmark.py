@@ -125,6 +125,7 @@ class SystemRun:
     statements: dict[str, Counter]
     peak_rss_mb: dict[str, float | None]
     cpu_s: dict[str, float | None]
+    thread_cpu_s: dict[str, dict[str, float]]
     workdir: Path
 
 
@@ -164,10 +165,25 @@ def peak_rss_mb(pid: int) -> float | None:
 def cpu_s(pid: int) -> float | None:
     """User plus system CPU time the process has used so far; None once it has exited."""
     with suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        if fields[0] != "Z":
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_s_of(Path(f"/proc/{pid}/stat"))
     return None
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU time so far of each of the process's threads, by native thread id."""
+    used = {}
+    with suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with suppress(OSError):
+                used[int(task.name)] = cpu_s_of(task / "stat")
+    return {tid: s for tid, s in used.items() if s is not None}
+
+
+def cpu_s_of(stat: Path) -> float | None:
+    fields = stat.read_text().rpartition(")")[2].split()
+    if fields[0] == "Z":
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Target:
@@ -422,6 +438,19 @@ class Project:
     def cpu_s(self) -> dict[str, float | None]:
         return {name: cpu_s(p.pid) for name, p in self.processes.items()}
 
+    def thread_cpu_s(self) -> dict[str, dict[str, float]]:
+        """CPU so far of each project process's threads, by the names Python gave them."""
+        used = {}
+        for name, process in self.processes.items():
+            path = self.workdir / f"{name}.threads.json"
+            names = json.loads(path.read_text()) if path.exists() else {}
+            names.setdefault(str(process.pid), "MainThread")
+            used[name] = {
+                names.get(str(tid), f"thread {tid}"): s
+                for tid, s in thread_cpu_s(process.pid).items()
+            }
+        return used
+
 
 class Profiler:
     """py-spy recording every project process, one raw (collapsed-stack) file each."""
@@ -530,6 +559,7 @@ async def run_system(
             await response.read()
         await asyncio.sleep(0.5)
         statements_before, cpu_before = project.statements(), _cpu_s(project, target)
+        threads_before = project.thread_cpu_s()
         profiler = Profiler(project) if options.profile else None
         started = time.time()
         scan_id = await visitor.submit(urls, options.concurrency, _form_timeout_s(options.delay_ms))
@@ -558,6 +588,10 @@ async def run_system(
         statements=_minus(project.statements(), statements_before),
         peak_rss_mb=project.peak_rss_mb(),
         cpu_s=_used(_cpu_s(project, target), cpu_before),
+        thread_cpu_s={
+            name: _used(threads, threads_before.get(name, {}))
+            for name, threads in project.thread_cpu_s().items()
+        },
         workdir=project.workdir,
     )
 
@@ -573,7 +607,7 @@ def _cpu_s(project: Project, target: Target) -> dict[str, float | None]:
 
 
 def _used(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
-    return {name: None if s is None else s - (before[name] or 0) for name, s in after.items()}
+    return {name: None if s is None else s - (before.get(name) or 0) for name, s in after.items()}
 
 
 def _minus(after: dict[str, Counter], before: dict[str, Counter]) -> dict[str, Counter]:
@@ -609,7 +643,10 @@ def statement_verb(sql: str) -> str:
 
 
 def count_statements(path: Path) -> None:
-    """Counts this process's SQL statements by first word, rewriting ``path`` as they grow."""
+    """Counts this process's SQL statements by first word, rewriting ``path`` as they grow.
+
+    Beside it, ``<process>.threads.json`` names the process's threads by native id, for
+    the benchmark's CPU by thread."""
     from django.db.backends.signals import connection_created
 
     counts: Counter[str] = Counter()
@@ -626,17 +663,26 @@ def count_statements(path: Path) -> None:
 
     def write_forever() -> None:
         written: dict[str, int] = {}
+        named: dict[int, str] = {}
         while True:
             with lock:
                 current = dict(counts)
             if current != written:
-                path.with_suffix(".tmp").write_text(json.dumps(current))
-                path.with_suffix(".tmp").replace(path)
+                _replace(path, current)
                 written = current
+            threads = {t.native_id: t.name for t in threading.enumerate()}
+            if threads.items() - named.items():
+                named |= threads
+                _replace(path.with_name(path.name.replace(".statements.", ".threads.")), named)
             time.sleep(STATEMENTS_EVERY_S)
 
     connection_created.connect(add_counter, weak=False)
     threading.Thread(target=write_forever, daemon=True).start()
+
+
+def _replace(path: Path, value: object) -> None:
+    path.with_suffix(".tmp").write_text(json.dumps(value))
+    path.with_suffix(".tmp").replace(path)
 
 
 def main(argv: list[str]) -> None:

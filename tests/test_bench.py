@@ -24,3 +24,6 @@ def test_the_benchmark_runs_and_every_client_gets_every_result():
     assert re.search(r"3 of 3 received every result; \d+ duplicates, 0 errors or wrong", run.stdout)
     latency = re.search(r"p50 (\d+) ms\s+p95 (\d+) ms\s+p99 (\d+) ms", run.stdout)
     assert latency, run.stdout
+    # Where the web process spent its CPU: the runner's thread fetched every page.
+    threads = re.search(r"web by thread\s+(.*)", run.stdout)
+    assert threads and "scans-runner" in threads.group(1), run.stdout

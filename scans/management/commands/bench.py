@@ -157,11 +157,21 @@ class Command(BaseCommand):
             ),
             "  CPU during (c)                  "
             + ", ".join(f"{name} {_or_exited(s, '.1f')} s" for name, s in system.cpu_s.items()),
+            *self.thread_lines(system),
             self.clients_line(system.watches),
             f"  logs{' and profiles' if any(system.workdir.glob('*.txt')) else ''}"
             f" in {system.workdir}",
         ]
         return "\n".join(lines) + "\n"
+
+    def thread_lines(self, system: SystemRun) -> list[str]:
+        """Each project process's busiest threads during (c), from 0.05 s up."""
+        lines = []
+        for process, threads in system.thread_cpu_s.items():
+            busy = sorted(((s, name) for name, s in threads.items() if s >= 0.05), reverse=True)
+            shown = ", ".join(f"{name} {s:.2f}" for s, name in busy)
+            lines.append(f"    {process + ' by thread':<30}{shown or '-'}")
+        return lines
 
     def statements_line(self, system: SystemRun, seq: int) -> str:
         results = system.phase.urls
