@@ -95,6 +95,26 @@ class Result(models.Model):
         return f"{self.position}: {self.url}"
 
 
+class ScanWorker(models.Model):
+    """A worker fetching a scan's URLs now. The scan's concurrency is shared among them.
+
+    Each worker renews its row as it renews its claims; a worker that dies stops
+    counting when its lease runs out.
+    """
+
+    scan = models.ForeignKey(Scan, models.CASCADE, related_name="workers", db_index=False)
+    worker_id = models.CharField(max_length=64)
+    lease_until = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scan", "worker_id"], name="one_row_per_scan_worker")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} on {self.scan_id}"
+
+
 class ApiToken(models.Model):
     """A per-user key for the JSON API. Only its SHA-256 is stored; the user sees it once."""
 

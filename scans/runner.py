@@ -263,13 +263,19 @@ def _ms_since(start: float) -> float:
 
 
 class ScanRun:
-    """One scan in one worker: a pool of ``concurrency`` fetch loops and a flusher."""
+    """One scan in one worker: a pool of fetch loops, as many as this worker's share of the
+    scan's concurrency, and a flusher."""
 
     def __init__(self, runner: Runner, scan_id: uuid.UUID, plan: ScanPlan):
         self.runner = runner
         self.scan_id = scan_id
         self.plan = plan
         self.queue: deque[Claimed] = deque()
+        # This worker's part of the scan's concurrency, read again at every claim: the
+        # fetch loops running, and the most that may.
+        self.share = plan.concurrency
+        self.looping = 0
+        self.loops: asyncio.TaskGroup | None = None
         self.finished: list[tuple[Claimed, Fetched]] = []
         self.fetching: dict[int, float] = {}
         self.exhausted = False
@@ -285,22 +291,36 @@ class ScanRun:
         flusher = asyncio.create_task(self._flush_forever())
         try:
             # One loop failing stops the others: none may go on claiming unwatched.
-            async with asyncio.TaskGroup() as loops:
-                for _ in range(self.plan.concurrency):
-                    loops.create_task(self._fetch_loop())
+            # The first claim tells how many more to start.
+            async with asyncio.TaskGroup() as self.loops:
+                self._start_loops(1)
         finally:
             # Let a write in progress finish: cancelling it would lose its message.
             self.stopping = True
             await flusher
             await self._flush()
+            with suppress(Exception):  # else its place runs out with its lease
+                await db(store.leave_scan, self.scan_id, self.runner.worker_id)
             if self.announcing is not None:
                 # Not cancelled with the run (a second cancel must not cut a send short),
                 # and not waited for forever: a layer that hangs loses hints, not results.
                 await asyncio.wait([self.announcing], timeout=LAST_ANNOUNCE_WAIT_S)
 
+    def _start_loops(self, up_to: int) -> None:
+        while self.looping < up_to:
+            self.looping += 1
+            self.loops.create_task(self._fetch_loop())
+
     async def _fetch_loop(self) -> None:
+        try:
+            await self._fetch_in_turn()
+        finally:
+            self.looping -= 1
+
+    async def _fetch_in_turn(self) -> None:
         fetcher = await self.runner.fetcher()
-        while (claimed := await self._next()) is not None:
+        # A loop beyond this worker's share stops; one always stays to empty the queue.
+        while self.looping <= max(self.share, 1) and (claimed := await self._next()) is not None:
             if claimed.attempts > settings.SCANS_MAX_ATTEMPTS:
                 fetched = Fetched(
                     url=claimed.url,
@@ -316,29 +336,40 @@ class ScanRun:
 
     async def _next(self) -> Claimed | None:
         """The next row to fetch. Claims the next batch while half of this one is still
-        queued, so the other fetch loops never sit idle at a batch boundary."""
-        low = len(self.queue) <= self.plan.concurrency // 2
-        if low and not self.exhausted and (not self.queue or not self.claiming.locked()):
+        queued, so the other fetch loops never sit idle at a batch boundary.
+
+        Each claim reads again how many workers fetch the scan and takes this worker's
+        share of its concurrency: a batch of that many rows, and as many fetch loops.
+        """
+        if self._low() and not self.exhausted and (not self.queue or not self.claiming.locked()):
             async with self.claiming:
-                if len(self.queue) <= self.plan.concurrency // 2 and not self.exhausted:
-                    rows = await db(
-                        store.claim, self.scan_id, self.runner.worker_id, self.plan.concurrency
+                if self._low() and not self.exhausted:
+                    self.share, rows = await db(
+                        store.claim_share,
+                        self.scan_id,
+                        self.runner.worker_id,
+                        self.plan.concurrency,
                     )
                     self.queue.extend(rows)
                     self.exhausted = not rows
-                    await self._share(len(rows))
+                    self._start_loops(self.share)
+                    await self._wake_another(len(rows))
         return self.queue.popleft() if self.queue else None
 
-    async def _share(self, claimed: int) -> None:
+    def _low(self) -> bool:
+        return len(self.queue) <= self.share // 2
+
+    async def _wake_another(self, claimed: int) -> None:
         """After a first full batch, wakes one more worker to share the rest of the scan.
 
         Redis hands the wake-up to the worker that has waited longest, which passes
-        it on in turn, so a big scan reaches every idle worker, not only at sweeps.
+        it on in turn, so a big scan reaches every idle worker, not only at sweeps,
+        until the workers' shares of its concurrency come to one fetch each.
         """
         if self.shared or settings.SCANS_RUN_IN_WEB:
             return
         self.shared = True
-        if claimed == self.plan.concurrency:
+        if claimed and claimed == self.share:
             await wake(self.scan_id)
 
     async def _flush_forever(self) -> None:

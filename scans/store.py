@@ -24,7 +24,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from scans.fetch import Fetched
-from scans.models import Result, Scan
+from scans.models import Result, Scan, ScanWorker
 from scans.snapshots import RESULT_FIELDS, message, result_dict
 
 # What a worker writes to a finished row: what the fetcher found, when, its state,
@@ -140,6 +140,44 @@ def _claim_in_one_transaction(
 
 RESULTS = Result._meta.db_table
 SCANS = Scan._meta.db_table
+WORKERS = ScanWorker._meta.db_table
+
+
+def share_of(concurrency: int, workers: int, place: int) -> int:
+    """This worker's part of a scan's concurrency: the parts add up to it, and differ by one
+    at most. 0 when the scan asks for fewer fetches at once than there are workers on it."""
+    return concurrency // workers + (place < concurrency % workers)
+
+
+def join_scan(scan_id: uuid.UUID, worker_id: str) -> tuple[int, int]:
+    """Counts the worker as fetching the scan, for a lease; returns how many workers are,
+    and this one's place among them (by id, so that every worker reads the same order)."""
+    now, lease_until = _clock_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {WORKERS} (scan_id, worker_id, lease_until) "
+            f"VALUES (%s, %s, {lease_until}) ON CONFLICT (scan_id, worker_id) "
+            "DO UPDATE SET lease_until = excluded.lease_until",
+            (_scan_key(scan_id), worker_id, _lease_param()),
+        )
+        cursor.execute(
+            f"SELECT worker_id FROM {WORKERS} WHERE scan_id = %s AND lease_until > {now} "
+            "ORDER BY worker_id",
+            (_scan_key(scan_id),),
+        )
+        workers = [worker for (worker,) in cursor.fetchall()]
+    return len(workers), workers.index(worker_id)
+
+
+def claim_share(scan_id: uuid.UUID, worker_id: str, concurrency: int) -> tuple[int, list[Claimed]]:
+    """Joins the scan and claims this worker's share of its concurrency: (share, rows)."""
+    share = share_of(concurrency, *join_scan(scan_id, worker_id))
+    return share, claim(scan_id, worker_id, share) if share else []
+
+
+def leave_scan(scan_id: uuid.UUID, worker_id: str) -> None:
+    """The worker no longer fetches the scan: the others may take its share."""
+    ScanWorker.objects.filter(scan_id=scan_id, worker_id=worker_id).delete()
 
 
 def _clock_sql() -> tuple[str, str]:
@@ -372,7 +410,11 @@ def cancel_scan(scan_id: uuid.UUID) -> dict | None:
 
 
 def renew_leases(worker_id: str, scan_ids: list[uuid.UUID]) -> int:
-    """Extends the worker's claims on the scans it still runs; others' leases run out."""
+    """Extends the worker's claims on the scans it still runs, and its place on them;
+    others' leases run out."""
+    ScanWorker.objects.filter(worker_id=worker_id, scan_id__in=scan_ids).update(
+        lease_until=_lease_until()
+    )
     rows = Result.objects.filter(claimed_by=worker_id, state=Result.PENDING, scan_id__in=scan_ids)
     return rows.update(lease_until=_lease_until())
 
@@ -380,7 +422,8 @@ def renew_leases(worker_id: str, scan_ids: list[uuid.UUID]) -> int:
 def release_claims(
     worker_id: str | None, scan_id: uuid.UUID | None = None, *, as_attempt: bool = False
 ) -> list[uuid.UUID]:
-    """Hands a worker's unfinished rows back at once (None: every worker's); returns their scans.
+    """Hands a worker's unfinished rows back at once (None: every worker's), and its places on
+    their scans; returns the scans.
 
     A worker stopping in good order spends no attempt; a crash or a failure
     does (``as_attempt``), as an expired lease would, so a URL that keeps
@@ -393,6 +436,12 @@ def release_claims(
         if scan_id is not None:
             rows = rows.filter(scan_id=scan_id)
         scan_ids = list(rows.values_list("scan_id", flat=True).order_by().distinct())
+        places = ScanWorker.objects.all()
+        if worker_id is not None:
+            places = places.filter(worker_id=worker_id)
+        if scan_id is not None:
+            places = places.filter(scan_id=scan_id)
+        places.delete()
         if as_attempt:
             rows.update(claimed_by="", lease_until=None)
         else:

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from scans import store
 from scans.fetch import Fetched
-from scans.models import Result, Scan
+from scans.models import Result, Scan, ScanWorker
 from tests.conftest import ROOT, migrate, project_env
 
 WAIT_S = 60
@@ -316,3 +316,38 @@ def test_a_row_fetched_twice_by_one_worker_is_written_and_counted_once():
     ]
     scan.refresh_from_db()
     assert (scan.status, scan.done, scan.total_bytes) == (Scan.DONE, 2, 30)
+
+
+def test_shares_of_a_scans_concurrency_add_up_to_it():
+    for concurrency in (1, 2, 5, 6, 100):
+        for workers in range(1, 9):
+            shares = [store.share_of(concurrency, workers, place) for place in range(workers)]
+            assert sum(shares) == concurrency
+            assert max(shares) - min(shares) <= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_worker_on_a_scan_counts_once_until_it_leaves_or_its_lease_runs_out():
+    scan = Scan.objects.create(concurrency=5, timeout_s=5, total=9, status=Scan.RUNNING)
+    Result.objects.bulk_create(
+        Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(9)
+    )
+    first, first_rows = store.claim_share(scan.id, "b-worker", 5)
+    assert (first, len(first_rows)) == (5, 5)
+    # A second worker joins: it takes its part, and the first takes less at its next claim.
+    second, second_rows = store.claim_share(scan.id, "a-worker", 5)
+    assert (second, len(second_rows)) == (3, 3)
+    third, third_rows = store.claim_share(scan.id, "b-worker", 5)
+    assert (third, len(third_rows)) == (2, 1)  # the last row left
+    assert store.join_scan(scan.id, "b-worker") == (2, 1)
+
+    store.leave_scan(scan.id, "a-worker")
+    assert store.join_scan(scan.id, "b-worker") == (1, 0)
+    store.join_scan(scan.id, "a-worker")
+    ScanWorker.objects.filter(worker_id="a-worker").update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    assert store.join_scan(scan.id, "b-worker") == (1, 0)
+    assert store.renew_leases("b-worker", [scan.id]) == 6
+    assert store.release_claims("b-worker") == [scan.id]
+    assert not ScanWorker.objects.filter(worker_id="b-worker").exists()

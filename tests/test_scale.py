@@ -305,7 +305,7 @@ async def test_cancel_stops_every_worker_and_ends_pending_rows_as_cancelled(
     async def both_fetching() -> bool:
         rows = await result_rows(database_url, scan_id)
         holders = {r["claimed_by"] for r in rows} - {""}
-        return holders == {w.worker_id for w in workers} and slow_site.open == 10
+        return holders == {w.worker_id for w in workers} and slow_site.open >= 5
 
     async def all_stopped() -> bool:
         return slow_site.open == 0
@@ -322,7 +322,8 @@ async def test_cancel_stops_every_worker_and_ends_pending_rows_as_cancelled(
 
     assert shown["scan"]["status"] == "cancelled"
     assert {r["error"] for r in shown["results"]} == {"cancelled"} and len(shown["results"]) == 200
-    assert slow_site.started == fetches_begun == 10
+    # No fetch began after the cancel, and none of those begun before it is still open.
+    assert slow_site.started == fetches_begun >= 5
     rows = await result_rows(database_url, scan_id)
     assert {(r["state"], r["error"], r["claimed_by"]) for r in rows} == {("error", "cancelled", "")}
     assert await scan_row(database_url, scan_id) == {
@@ -399,3 +400,32 @@ async def test_a_small_scan_behind_a_big_one_finishes_while_the_big_one_runs(
     assert big_scan["status"] == "running" and big_scan["done"] < len(big)
     rows = await result_rows(database_url, small_id)
     assert [(r["state"], r["size"]) for r in rows] == [("ok", 10 + i) for i in range(10)]
+
+
+async def test_workers_share_a_scans_concurrency(slow_site, scale_env, make_server, make_worker):
+    web_server = make_server(scale_env)
+    workers = [make_worker(scale_env), make_worker(scale_env)]
+    urls = [slow_site.url(100 + i, delay_ms=300) for i in range(150)]
+    database_url = scale_env["DATABASE_URL"]
+    open_at_once: list[int] = []
+
+    async def both_have_fetched() -> bool:
+        rows = await result_rows(database_url, scan_id)
+        return all(sum(r["fetched_by"] == w.worker_id for r in rows) >= 6 for w in workers)
+
+    async with Visitor(web_server.url) as visitor:
+        scan_id = await visitor.submit(urls, concurrency=6, timeout=30)
+        await wait_until(both_have_fetched, "both workers should be fetching")
+        # A worker gives up what it ran beyond its share as those fetches end (0.3 s each).
+        await asyncio.sleep(1.0)
+        while (await scan_row(database_url, scan_id))["done"] < len(urls) - 30:
+            open_at_once.append(slow_site.open)
+            await asyncio.sleep(0.01)
+        scan = await wait_until_ended(database_url, scan_id)
+
+    assert scan["status"] == "done"
+    # The site saw the scan's 6 fetches at once, not 6 from each worker.
+    assert max(open_at_once) == 6, sorted(set(open_at_once))
+    rows = await result_rows(database_url, scan_id)
+    late = rows[-30:]
+    assert {r["fetched_by"] for r in late} == {w.worker_id for w in workers}
