@@ -344,17 +344,21 @@ class ScanRun:
         if self._low() and not self.exhausted and (not self.queue or not self.claiming.locked()):
             async with self.claiming:
                 if self._low() and not self.exhausted:
-                    self.share, rows = await db(
-                        store.claim_share,
-                        self.scan_id,
-                        self.runner.worker_id,
-                        self.plan.concurrency,
-                    )
+                    rows = await self._claim()
                     self.queue.extend(rows)
                     self.exhausted = not rows
                     self._start_loops(self.share)
                     await self._wake_another(len(rows))
         return self.queue.popleft() if self.queue else None
+
+    async def _claim(self) -> list[Claimed]:
+        worker_id = self.runner.worker_id
+        if settings.SCANS_RUN_IN_WEB:  # the only runner there is: the share is all of it
+            return await db(store.claim, self.scan_id, worker_id, self.share)
+        self.share, rows = await db(
+            store.claim_share, self.scan_id, worker_id, self.plan.concurrency
+        )
+        return rows
 
     def _low(self) -> bool:
         return len(self.queue) <= self.share // 2
