@@ -40,6 +40,7 @@ SCAN_JOBS = "scan-jobs"
 SWEEP_S = 5.0
 WATCH_S = 0.5
 LAST_ANNOUNCE_WAIT_S = 5.0
+RECOUNT_S = 0.25
 
 
 def spawn(coro) -> asyncio.Task:
@@ -271,9 +272,10 @@ class ScanRun:
         self.scan_id = scan_id
         self.plan = plan
         self.queue: deque[Claimed] = deque()
-        # This worker's part of the scan's concurrency, read again at every claim: the
-        # fetch loops running, and the most that may.
+        # This worker's part of the scan's concurrency, counted again when it claims (at
+        # most every RECOUNT_S): the fetch loops running, and the most that may.
         self.share = plan.concurrency
+        self.recount_at = 0.0
         self.looping = 0
         self.loops: asyncio.TaskGroup | None = None
         self.finished: list[tuple[Claimed, Fetched]] = []
@@ -338,8 +340,8 @@ class ScanRun:
         """The next row to fetch. Claims the next batch while half of this one is still
         queued, so the other fetch loops never sit idle at a batch boundary.
 
-        Each claim reads again how many workers fetch the scan and takes this worker's
-        share of its concurrency: a batch of that many rows, and as many fetch loops.
+        Claims read again how many workers fetch the scan and take this worker's share
+        of its concurrency: a batch of that many rows, and as many fetch loops.
         """
         if self._low() and not self.exhausted and (not self.queue or not self.claiming.locked()):
             async with self.claiming:
@@ -352,9 +354,14 @@ class ScanRun:
         return self.queue.popleft() if self.queue else None
 
     async def _claim(self) -> list[Claimed]:
+        """Claims a batch of this worker's share; counts the workers on the scan again first,
+        at most every RECOUNT_S (each count is two more statements)."""
         worker_id = self.runner.worker_id
-        if settings.SCANS_RUN_IN_WEB:  # the only runner there is: the share is all of it
+        now = asyncio.get_running_loop().time()
+        if settings.SCANS_RUN_IN_WEB or now < self.recount_at:
+            # In a web process the runner is the only one there is: its share is all of it.
             return await db(store.claim, self.scan_id, worker_id, self.share)
+        self.recount_at = now + RECOUNT_S
         self.share, rows = await db(
             store.claim_share, self.scan_id, worker_id, self.plan.concurrency
         )
