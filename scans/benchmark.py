@@ -445,10 +445,10 @@ class Project:
             path = self.workdir / f"{name}.threads.json"
             names = json.loads(path.read_text()) if path.exists() else {}
             names.setdefault(str(process.pid), "MainThread")
-            used[name] = {
-                names.get(str(tid), f"thread {tid}"): s
-                for tid, s in thread_cpu_s(process.pid).items()
-            }
+            by_name: Counter[str] = Counter()
+            for tid, s in thread_cpu_s(process.pid).items():
+                by_name[names.get(str(tid), f"thread {tid}")] += s  # names may repeat
+            used[name] = dict(by_name)
         return used
 
 

@@ -301,8 +301,9 @@ class ScanRun:
             self.stopping = True
             await flusher
             await self._flush()
-            with suppress(Exception):  # else its place runs out with its lease
-                await db(store.leave_scan, self.scan_id, self.runner.worker_id)
+            if not settings.SCANS_RUN_IN_WEB:
+                with suppress(Exception):  # else its place runs out with its lease
+                    await db(store.leave_scan, self.scan_id, self.runner.worker_id)
             if self.announcing is not None:
                 # Not cancelled with the run (a second cancel must not cut a send short),
                 # and not waited for forever: a layer that hangs loses hints, not results.
@@ -340,8 +341,10 @@ class ScanRun:
         """The next row to fetch. Claims the next batch while half of this one is still
         queued, so the other fetch loops never sit idle at a batch boundary.
 
-        Claims read again how many workers fetch the scan and take this worker's share
-        of its concurrency: a batch of that many rows, and as many fetch loops.
+        A worker beside others counts the workers on the scan again, at most every
+        RECOUNT_S, and takes its share of the scan's concurrency: batches of that many
+        rows, and as many fetch loops. It counts also when no claim is due, so that a
+        share left by others is taken up while this worker empties its queue.
         """
         if self._low() and not self.exhausted and (not self.queue or not self.claiming.locked()):
             async with self.claiming:
@@ -351,21 +354,36 @@ class ScanRun:
                     self.exhausted = not rows
                     self._start_loops(self.share)
                     await self._wake_another(len(rows))
+        elif self._recount_due() and not self.claiming.locked():
+            async with self.claiming:
+                if self._recount_due():
+                    self._recounted()
+                    self.share = await db(
+                        store.share_for, self.scan_id, self.runner.worker_id, self.plan.concurrency
+                    )
+                    self._start_loops(self.share)
         return self.queue.popleft() if self.queue else None
 
     async def _claim(self) -> list[Claimed]:
-        """Claims a batch of this worker's share; counts the workers on the scan again first,
-        at most every RECOUNT_S (each count is two more statements)."""
+        """Claims a batch of this worker's share, counting the workers first when that is due
+        (each count is two more statements)."""
         worker_id = self.runner.worker_id
-        now = asyncio.get_running_loop().time()
-        if settings.SCANS_RUN_IN_WEB or now < self.recount_at:
-            # In a web process the runner is the only one there is: its share is all of it.
+        if not self._recount_due():
             return await db(store.claim, self.scan_id, worker_id, self.share)
-        self.recount_at = now + RECOUNT_S
+        self._recounted()
         self.share, rows = await db(
             store.claim_share, self.scan_id, worker_id, self.plan.concurrency
         )
         return rows
+
+    def _recount_due(self) -> bool:
+        # In a web process the runner is the only one there is: its share is all of it.
+        if settings.SCANS_RUN_IN_WEB:
+            return False
+        return asyncio.get_running_loop().time() >= self.recount_at
+
+    def _recounted(self) -> None:
+        self.recount_at = asyncio.get_running_loop().time() + RECOUNT_S
 
     def _low(self) -> bool:
         return len(self.queue) <= self.share // 2
@@ -375,7 +393,7 @@ class ScanRun:
 
         Redis hands the wake-up to the worker that has waited longest, which passes
         it on in turn, so a big scan reaches every idle worker, not only at sweeps,
-        until the workers' shares of its concurrency come to one fetch each.
+        until a newcomer finds no share of its concurrency left, or no rows.
         """
         if self.shared or settings.SCANS_RUN_IN_WEB:
             return

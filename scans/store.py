@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
@@ -151,27 +151,38 @@ def share_of(concurrency: int, workers: int, place: int) -> int:
 
 def join_scan(scan_id: uuid.UUID, worker_id: str) -> tuple[int, int]:
     """Counts the worker as fetching the scan, for a lease; returns how many workers are,
-    and this one's place among them (by id, so that every worker reads the same order)."""
+    and this one's place among them. Places go in the order workers joined (a row keeps
+    its id when its lease is renewed), so a worker that joins late never pushes one out."""
     now, lease_until = _clock_sql()
+    key = _scan_key(scan_id)
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {WORKERS} (scan_id, worker_id, lease_until) "
             f"VALUES (%s, %s, {lease_until}) ON CONFLICT (scan_id, worker_id) "
             "DO UPDATE SET lease_until = excluded.lease_until",
-            (_scan_key(scan_id), worker_id, _lease_param()),
+            (key, worker_id, _lease_param()),
         )
         cursor.execute(
-            f"SELECT worker_id FROM {WORKERS} WHERE scan_id = %s AND lease_until > {now} "
-            "ORDER BY worker_id",
-            (_scan_key(scan_id),),
+            f"SELECT worker_id FROM {WORKERS} WHERE scan_id = %s "
+            f"AND (lease_until > {now} OR worker_id = %s) ORDER BY id",
+            (key, worker_id),
         )
         workers = [worker for (worker,) in cursor.fetchall()]
     return len(workers), workers.index(worker_id)
 
 
+def share_for(scan_id: uuid.UUID, worker_id: str, concurrency: int) -> int:
+    """Joins the scan and returns this worker's share of its concurrency; 0 once the scan
+    is gone (deleted while it ran)."""
+    try:
+        return share_of(concurrency, *join_scan(scan_id, worker_id))
+    except IntegrityError:
+        return 0
+
+
 def claim_share(scan_id: uuid.UUID, worker_id: str, concurrency: int) -> tuple[int, list[Claimed]]:
     """Joins the scan and claims this worker's share of its concurrency: (share, rows)."""
-    share = share_of(concurrency, *join_scan(scan_id, worker_id))
+    share = share_for(scan_id, worker_id, concurrency)
     return share, claim(scan_id, worker_id, share) if share else []
 
 
@@ -411,10 +422,12 @@ def cancel_scan(scan_id: uuid.UUID) -> dict | None:
 
 def renew_leases(worker_id: str, scan_ids: list[uuid.UUID]) -> int:
     """Extends the worker's claims on the scans it still runs, and its place on them;
-    others' leases run out."""
+    others' leases run out, and their places go."""
     ScanWorker.objects.filter(worker_id=worker_id, scan_id__in=scan_ids).update(
         lease_until=_lease_until()
     )
+    # Places of workers that died: they count for nobody now.
+    ScanWorker.objects.filter(lease_until__lt=Now()).delete()
     rows = Result.objects.filter(claimed_by=worker_id, state=Result.PENDING, scan_id__in=scan_ids)
     return rows.update(lease_until=_lease_until())
 

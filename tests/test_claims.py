@@ -334,12 +334,13 @@ def test_each_worker_on_a_scan_counts_once_until_it_leaves_or_its_lease_runs_out
     )
     first, first_rows = store.claim_share(scan.id, "b-worker", 5)
     assert (first, len(first_rows)) == (5, 5)
-    # A second worker joins: it takes its part, and the first takes less at its next claim.
+    # A second worker joins: it gets what is left of the first's part when the first counts
+    # again (places go in the order workers joined, whatever their names).
     second, second_rows = store.claim_share(scan.id, "a-worker", 5)
-    assert (second, len(second_rows)) == (3, 3)
+    assert (second, len(second_rows)) == (2, 2)
     third, third_rows = store.claim_share(scan.id, "b-worker", 5)
-    assert (third, len(third_rows)) == (2, 1)  # the last row left
-    assert store.join_scan(scan.id, "b-worker") == (2, 1)
+    assert (third, len(third_rows)) == (3, 2)  # the last two rows
+    assert store.join_scan(scan.id, "b-worker") == (2, 0)
 
     store.leave_scan(scan.id, "a-worker")
     assert store.join_scan(scan.id, "b-worker") == (1, 0)
@@ -348,6 +349,14 @@ def test_each_worker_on_a_scan_counts_once_until_it_leaves_or_its_lease_runs_out
         lease_until=timezone.now() - timedelta(seconds=1)
     )
     assert store.join_scan(scan.id, "b-worker") == (1, 0)
-    assert store.renew_leases("b-worker", [scan.id]) == 6
+    assert store.renew_leases("b-worker", [scan.id]) == 7
+    assert list(ScanWorker.objects.values_list("worker_id", flat=True)) == ["b-worker"]
     assert store.release_claims("b-worker") == [scan.id]
-    assert not ScanWorker.objects.filter(worker_id="b-worker").exists()
+    assert not ScanWorker.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scan_deleted_while_it_runs_leaves_a_worker_no_share():
+    scan = Scan.objects.create(concurrency=5, timeout_s=5, total=1, status=Scan.RUNNING)
+    Scan.objects.filter(pk=scan.pk).delete()
+    assert store.claim_share(scan.id, "w", 5) == (0, [])
