@@ -33,6 +33,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +88,8 @@ class Phase:
     wall_s: float
     body_bytes: int
     errors: int
+    # This process's CPU during (a), (b) and (f), which run in it; (c)'s is by process.
+    cpu_s: float | None = None
 
     @property
     def urls_per_s(self) -> float:
@@ -614,15 +617,24 @@ def _minus(after: dict[str, Counter], before: dict[str, Counter]) -> dict[str, C
     return {name: counts - before.get(name, Counter()) for name, counts in after.items()}
 
 
+def _with_cpu(fetch: Callable[..., Phase], *args: object) -> Phase:
+    """``fetch(*args)``, and the CPU this process spent on it."""
+    before = os.times()
+    phase = fetch(*args)
+    after = os.times()
+    phase.cpu_s = after.user + after.system - before.user - before.system
+    return phase
+
+
 def run(options: Options, workdir: Path) -> Report:
     """The whole benchmark: (a), (b), (f) and (c) against one target process."""
     load_before = os.getloadavg()
     with Target(workdir) as target:
         urls = target.urls(options.urls, options.size_bytes, options.delay_ms)
-        sync = fetch_one_by_one(urls[: options.sync_urls])
-        ceiling = asyncio.run(fetch_gathered(urls, options.concurrency))
+        sync = _with_cpu(fetch_one_by_one, urls[: options.sync_urls])
+        ceiling = _with_cpu(asyncio.run, fetch_gathered(urls, options.concurrency))
         timeout_s = _form_timeout_s(options.delay_ms)
-        fetcher = asyncio.run(fetch_with_fetcher(urls, options.concurrency, timeout_s))
+        fetcher = _with_cpu(asyncio.run, fetch_with_fetcher(urls, options.concurrency, timeout_s))
         with Project(options, workdir) as project:
             system = asyncio.run(run_system(project, target, urls, options))
     return Report(options, sync, ceiling, fetcher, system, load_before, os.getloadavg())

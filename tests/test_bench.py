@@ -27,3 +27,6 @@ def test_the_benchmark_runs_and_every_client_gets_every_result():
     # Where the web process spent its CPU: the runner's thread fetched every page.
     threads = re.search(r"web by thread\s+(.*)", run.stdout)
     assert threads and "scans-runner" in threads.group(1), run.stdout
+    # The seed's async shape and our fetcher alone, with the CPU they cost this process.
+    for phase in (r"\(b\) aiohttp \+ gather", r"\(f\) scans\.fetch alone"):
+        assert re.search(phase + r"\s+300\s+[\d.]+\s+\d+\s+0\s+[\d.]+$", run.stdout, re.M)

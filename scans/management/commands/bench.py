@@ -113,11 +113,12 @@ class Command(BaseCommand):
             ("(f) scans.fetch alone", report.fetcher),
             ("(c) whole system", system),
         ]
-        lines = [f"\n{'':26}{'URLs':>7}{'wall s':>9}{'URLs/s':>9}{'errors':>8}"]
+        lines = [f"\n{'':26}{'URLs':>7}{'wall s':>9}{'URLs/s':>9}{'errors':>8}{'CPU s':>8}"]
         for name, phase in rows:
+            cpu = "–" if phase.cpu_s is None else f"{phase.cpu_s:.2f}"
             lines.append(
                 f"{name:26}{phase.urls:>7}{phase.wall_s:>9.2f}{phase.urls_per_s:>9.0f}"
-                f"{phase.errors:>8}"
+                f"{phase.errors:>8}{cpu:>8}"
             )
         # A run that lost results has no throughput to compare.
         c_over_b = (
