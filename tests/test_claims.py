@@ -214,6 +214,16 @@ async def wait_until_ended(scan: Scan) -> Scan:
     return now
 
 
+def running_scan(rows: int, concurrency: int) -> Scan:
+    scan = Scan.objects.create(
+        concurrency=concurrency, timeout_s=5, total=rows, status=Scan.RUNNING
+    )
+    Result.objects.bulk_create(
+        Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(rows)
+    )
+    return scan
+
+
 def expire_leases(scan: Scan) -> None:
     Result.objects.filter(scan=scan).update(lease_until=timezone.now() - timedelta(seconds=1))
 
@@ -276,10 +286,7 @@ def test_only_the_worker_holding_a_row_writes_it():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_stopping_hands_its_rows_back_without_spending_an_attempt():
-    scan = Scan.objects.create(concurrency=1, timeout_s=5, total=3, status=Scan.RUNNING)
-    Result.objects.bulk_create(
-        Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(3)
-    )
+    scan = running_scan(rows=3, concurrency=1)
     assert len(store.claim(scan.id, "stopping", 2)) == 2
     assert len(store.claim(scan.id, "staying", 1)) == 1
 
@@ -296,10 +303,7 @@ def test_a_worker_stopping_hands_its_rows_back_without_spending_an_attempt():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_row_fetched_twice_by_one_worker_is_written_and_counted_once():
-    scan = Scan.objects.create(concurrency=1, timeout_s=5, total=2, status=Scan.RUNNING)
-    Result.objects.bulk_create(
-        Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(2)
-    )
+    scan = running_scan(rows=2, concurrency=1)
     first, second = store.claim(scan.id, "w", 2)
     # Its own lease ran out while it fetched, and it claimed the row again.
     expire_leases(scan)
@@ -328,10 +332,7 @@ def test_shares_of_a_scans_concurrency_add_up_to_it():
 
 @pytest.mark.django_db(transaction=True)
 def test_each_worker_on_a_scan_counts_once_until_it_leaves_or_its_lease_runs_out():
-    scan = Scan.objects.create(concurrency=5, timeout_s=5, total=9, status=Scan.RUNNING)
-    Result.objects.bulk_create(
-        Result(scan=scan, position=i, url=f"http://127.0.0.1/{i}") for i in range(9)
-    )
+    scan = running_scan(rows=9, concurrency=5)
     first, first_rows = store.claim_share(scan.id, "b-worker", 5)
     assert (first, len(first_rows)) == (5, 5)
     # A second worker joins: it gets what is left of the first's part when the first counts
