@@ -275,6 +275,8 @@ class ScanRun:
         # This worker's part of the scan's concurrency, counted again when it claims (at
         # most every RECOUNT_S): the fetch loops running, and the most that may.
         self.share = plan.concurrency
+        # In a web process the runner is the only one there is: its share is all of it.
+        self.alone = settings.SCANS_RUN_IN_WEB
         self.recount_at = 0.0
         self.looping = 0
         self.loops: asyncio.TaskGroup | None = None
@@ -301,7 +303,7 @@ class ScanRun:
             self.stopping = True
             await flusher
             await self._flush()
-            if not settings.SCANS_RUN_IN_WEB:
+            if not self.alone:
                 with suppress(Exception):  # else its place runs out with its lease
                     await db(store.leave_scan, self.scan_id, self.runner.worker_id)
             if self.announcing is not None:
@@ -377,10 +379,7 @@ class ScanRun:
         return rows
 
     def _recount_due(self) -> bool:
-        # In a web process the runner is the only one there is: its share is all of it.
-        if settings.SCANS_RUN_IN_WEB:
-            return False
-        return asyncio.get_running_loop().time() >= self.recount_at
+        return not self.alone and asyncio.get_running_loop().time() >= self.recount_at
 
     def _recounted(self) -> None:
         self.recount_at = asyncio.get_running_loop().time() + RECOUNT_S
@@ -395,7 +394,7 @@ class ScanRun:
         it on in turn, so a big scan reaches every idle worker, not only at sweeps,
         until a newcomer finds no share of its concurrency left, or no rows.
         """
-        if self.shared or settings.SCANS_RUN_IN_WEB:
+        if self.shared or self.alone:
             return
         self.shared = True
         if claimed and claimed == self.share:
