@@ -130,6 +130,9 @@ class SystemRun:
     cpu_s: dict[str, float | None]
     thread_cpu_s: dict[str, dict[str, float]]
     workdir: Path
+    # The machine's busy and total core-seconds during (c): the target, the clients, the
+    # project's processes, PostgreSQL and Redis, and whatever else ran meanwhile.
+    machine_s: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -180,6 +183,42 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
             with suppress(OSError):
                 used[int(task.name)] = cpu_s_of(task / "stat")
     return {tid: s for tid, s in used.items() if s is not None}
+
+
+# The services a run with --redis --postgres uses, by the name their processes go by.
+SERVICES = {"postgres": "postgres", "redis-server": "redis"}
+
+
+ServiceCPU = dict[int, tuple[str, float]]
+
+
+def service_cpu_s() -> ServiceCPU:
+    """CPU time so far of this machine's PostgreSQL and Redis processes, by pid."""
+    used = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with suppress(OSError):
+            service = SERVICES.get((proc / "comm").read_text().strip())
+            if service is not None and (s := cpu_s_of(proc / "stat")) is not None:
+                used[int(proc.name)] = (service, s)
+    return used
+
+
+def services_used_s(after: ServiceCPU, before: ServiceCPU) -> Counter:
+    """Each service's CPU between two readings: a process started meanwhile counts whole; one
+    that ended meanwhile is not counted."""
+    used: Counter[str] = Counter()
+    for pid, (service, s) in after.items():
+        used[service] += s - (before[pid][1] if pid in before else 0)
+    return used
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, all) core-seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), sum(fields) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_s_of(stat: Path) -> float | None:
@@ -301,6 +340,12 @@ class Project:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def services(self) -> set[str]:
+        """The services of SERVICES this run's processes use."""
+        used = {"postgres": self.options.postgres_url, "redis": self.options.redis_url}
+        return {service for service, url in used.items() if url}
 
     def __enter__(self) -> Project:
         try:
@@ -562,7 +607,8 @@ async def run_system(
             await response.read()
         await asyncio.sleep(0.5)
         statements_before, cpu_before = project.statements(), _cpu_s(project, target)
-        threads_before = project.thread_cpu_s()
+        threads_before, services_before = project.thread_cpu_s(), service_cpu_s()
+        machine_before = machine_cpu_s()
         profiler = Profiler(project) if options.profile else None
         started = time.time()
         scan_id = await visitor.submit(urls, options.concurrency, _form_timeout_s(options.delay_ms))
@@ -574,6 +620,8 @@ async def run_system(
             )
         )
         finished = max(w.last_result_at if w.complete else time.time() for w in watches)
+        cpu_after, services_after = _cpu_s(project, target), service_cpu_s()
+        machine_after = machine_cpu_s()
         if not all(w.complete for w in watches):
             await asyncio.to_thread(project.describe_stall, scan_id)
         await watchers.close()
@@ -590,12 +638,20 @@ async def run_system(
         watches=watches,
         statements=_minus(project.statements(), statements_before),
         peak_rss_mb=project.peak_rss_mb(),
-        cpu_s=_used(_cpu_s(project, target), cpu_before),
+        cpu_s={
+            **_used(cpu_after, cpu_before),
+            **{
+                service: s
+                for service, s in services_used_s(services_after, services_before).items()
+                if service in project.services
+            },
+        },
         thread_cpu_s={
             name: _used(threads, threads_before.get(name, {}))
             for name, threads in project.thread_cpu_s().items()
         },
         workdir=project.workdir,
+        machine_s=(machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]),
     )
 
 

@@ -38,7 +38,7 @@ def flush_interval_is_positive(app_configs=None, **kwargs) -> list[Error]:
     return [
         Error(
             f"SCANS_FLUSH_SECONDS is {settings.SCANS_FLUSH_SECONDS:g}: it must be more than 0.",
-            hint="Leave it unset (0.025 in a worker, 0.05 in a web process that fetches).",
+            hint="Leave it unset (0.04 in a worker, 0.05 in a web process that fetches).",
             id="scans.E002",
         )
     ]

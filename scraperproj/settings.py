@@ -202,5 +202,6 @@ LOGGING = {
 SCANS_RUN_IN_WEB = envbool("SCANS_RUN_IN_WEB", "0" if REDIS_URL else "1")
 # How often a scan's finished results are written and announced. A web process that fetches
 # pays for each write in the time it fetches (one GIL); a worker's writes cost PostgreSQL
-# more than itself, and results wait less (docs/bench.md).
-SCANS_FLUSH_SECONDS = envfloat("SCANS_FLUSH_SECONDS", 0.05 if SCANS_RUN_IN_WEB else 0.025)
+# more than itself, and results wait less. 40 ms in a worker: at 25 ms the writes of two
+# workers took a tenth of the two cores from their fetches (docs/bench.md).
+SCANS_FLUSH_SECONDS = envfloat("SCANS_FLUSH_SECONDS", 0.05 if SCANS_RUN_IN_WEB else 0.04)

@@ -158,12 +158,20 @@ class Command(BaseCommand):
             ),
             "  CPU during (c)                  "
             + ", ".join(f"{name} {_or_exited(s, '.1f')} s" for name, s in system.cpu_s.items()),
+            self.machine_line(system),
             *self.thread_lines(system),
             self.clients_line(system.watches),
             f"  logs{' and profiles' if any(system.workdir.glob('*.txt')) else ''}"
             f" in {system.workdir}",
         ]
         return "\n".join(lines) + "\n"
+
+    def machine_line(self, system: SystemRun) -> str:
+        busy, total = system.machine_s
+        return (
+            f"    machine                       {busy:.1f} of {total:.1f} core-seconds busy"
+            f" ({100 * busy / total if total else 0:.0f} %)"
+        )
 
     def thread_lines(self, system: SystemRun) -> list[str]:
         """Each project process's busiest threads during (c), from 0.05 s up."""
