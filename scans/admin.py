@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.http import HttpResponse
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -12,12 +13,12 @@ from scans.models import Result, Scan
 class ResultInline(admin.TabularInline):
     model = Result
     fields = (
-        "position",
+        "line",
         "url",
         "state",
         "http_status",
-        "size",
-        "wire_size",
+        "size_bytes",
+        "wire_bytes",
         "ttfb_ms",
         "elapsed_ms",
         "final_url",
@@ -32,6 +33,23 @@ class ResultInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
+    @admin.display(description="line")
+    def line(self, result: Result) -> int:
+        """The line of the pasted list, as the live page numbers its rows (from 1)."""
+        return result.position + 1
+
+    @admin.display(description="size (bytes)")
+    def size_bytes(self, result: Result) -> str:
+        return _count(result.size)
+
+    @admin.display(description="on the wire (bytes)")
+    def wire_bytes(self, result: Result) -> str:
+        return _count(result.wire_size)
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
 
 @admin.register(Scan)
 class ScanAdmin(admin.ModelAdmin):
@@ -41,7 +59,7 @@ class ScanAdmin(admin.ModelAdmin):
         "status",
         "total",
         "done",
-        "total_bytes",
+        "size",
         "duration",
         "live_page",
     )
@@ -56,8 +74,8 @@ class ScanAdmin(admin.ModelAdmin):
         "timeout_s",
         "total",
         "done",
-        "total_bytes",
-        "sum_ms",
+        "total_size",
+        "sum_of_times",
         "created",
         "started",
         "finished",
@@ -72,6 +90,18 @@ class ScanAdmin(admin.ModelAdmin):
     @admin.display(description="owner")
     def owner_name(self, scan: Scan) -> str:
         return scan.owner.get_username() if scan.owner else "anonymous visitor"
+
+    @admin.display(description="size", ordering="total_bytes")
+    def size(self, scan: Scan) -> str:
+        return filesizeformat(scan.total_bytes)
+
+    @admin.display(description="total size")
+    def total_size(self, scan: Scan) -> str:
+        return f"{scan.total_bytes:,} bytes ({filesizeformat(scan.total_bytes)})"
+
+    @admin.display(description="sum of per-site times")
+    def sum_of_times(self, scan: Scan) -> str:
+        return f"{scan.sum_ms:,.1f} ms"
 
     @admin.display(description="duration")
     def duration(self, scan: Scan) -> str:

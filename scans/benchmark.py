@@ -620,8 +620,9 @@ async def run_system(
             )
         )
         finished = max(w.last_result_at if w.complete else time.time() for w in watches)
+        # Read at the last result, as the machine's: not the quiet seconds after it.
         cpu_after, services_after = _cpu_s(project, target), service_cpu_s()
-        machine_after = machine_cpu_s()
+        threads_after, machine_after = project.thread_cpu_s(), machine_cpu_s()
         if not all(w.complete for w in watches):
             await asyncio.to_thread(project.describe_stall, scan_id)
         await watchers.close()
@@ -648,7 +649,7 @@ async def run_system(
         },
         thread_cpu_s={
             name: _used(threads, threads_before.get(name, {}))
-            for name, threads in project.thread_cpu_s().items()
+            for name, threads in threads_after.items()
         },
         workdir=project.workdir,
         machine_s=(machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]),

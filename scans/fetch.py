@@ -18,6 +18,7 @@ import collections
 import functools
 import ipaddress
 import itertools
+import os
 import re
 import socket
 import ssl
@@ -50,6 +51,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 USER_AGENT = "scraperproj/1.0 (+https://github.com/scraperproj)"
 MAX_MESSAGE_CHARS = 500
+NO_HOST = "the URL has no host"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ def _why_text_refused(url: str, allowed_ports: frozenset[int] | None) -> str | N
             return "URLs with a user name or password are not allowed"
         parsed = URL(url)
     except ValueError as e:
+        if "host is required" in str(e):  # yarl's words for "http://:8080/"
+            return NO_HOST
         return f"not a valid URL ({e})"
     return _why_parsed_url_refused(parsed, allowed_ports)
 
@@ -154,7 +158,7 @@ def _why_parsed_url_refused(url: URL, allowed_ports: frozenset[int] | None) -> s
         return "only http:// and https:// URLs can be scanned"
     host = url.raw_host
     if not host:
-        return "the URL has no host"
+        return NO_HOST
     if url.raw_user is not None or url.raw_password is not None:
         return "URLs with a user name or password are not allowed"
     return _why_host_or_port_refused(host, url.port, allowed_ports)
@@ -230,7 +234,7 @@ class _BodyCounter:
     def feed(self, chunk: bytes) -> None:
         self.wire_size += len(chunk)
         if self.wire_size > self.max_bytes:
-            raise TooLarge(f"more than {self.max_bytes} bytes received")
+            raise TooLarge(f"more than {_bytes(self.max_bytes)} received")
         if self._decoder is None:
             self._count(len(chunk))
             return
@@ -256,11 +260,19 @@ class _BodyCounter:
     def _count(self, n: int) -> None:
         self.size += n
         if self.size > self.max_bytes:
-            raise TooLarge(f"body decodes to more than {self.max_bytes} bytes")
+            raise TooLarge(f"body decodes to more than {_bytes(self.max_bytes)}")
 
     def finish(self) -> None:
         if self._decoder is not None:
             self._count(len(self._decoder.flush(CHUNK_BYTES)))
+
+
+def _bytes(n: int) -> str:
+    """A size limit as people write it: ``10 MiB``, ``64 KiB`` or ``1,500 bytes``."""
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size:,} {unit}"
+    return f"{n:,} bytes"
 
 
 def _ms(seconds: float) -> float:
@@ -299,10 +311,10 @@ def classify(exc: BaseException, limits: Limits) -> tuple[str, str]:
     if isinstance(exc, ssl.SSLError):
         return "tls", f"TLS failed: {exc}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return (
-            "connect",
-            f"could not connect to {exc.host}:{exc.port} ({exc.strerror or exc.os_error})",
-        )
+        # The system's words for the errno ("Connection refused"), not asyncio's message,
+        # which carries the address as a Python tuple.
+        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or exc.os_error
+        return "connect", f"could not connect to {exc.host}:{exc.port} ({reason})"
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
         return "connect", f"the connection was closed or reset ({exc})"
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -582,7 +594,7 @@ class Fetcher:
         while chunk := await content.readany():
             size += len(chunk)
             if size > max_bytes:
-                raise TooLarge(f"more than {max_bytes} bytes received")
+                raise TooLarge(f"more than {_bytes(max_bytes)} received")
         result.size = result.wire_size = size
 
     async def _count_encoded_body(

@@ -7,6 +7,10 @@ from django.conf import settings
 
 from scans.fetch import why_url_refused
 
+EMPTY_LIST = "Enter at least one URL, one per line."
+# Bad lines explained one by one; the rest are named by number.
+SHOWN_LINES = 20
+
 
 def _line_numbers(numbers: list[int]) -> str:
     shown = ", ".join(str(n) for n in numbers[:10])
@@ -28,7 +32,7 @@ def parse_urls(text: str) -> list[str]:
     """Non-blank lines, stripped; raises ValidationError naming every bad line."""
     numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not numbered:
-        raise forms.ValidationError("Enter at least one URL, one per line.")
+        raise forms.ValidationError(EMPTY_LIST)
     if len(numbered) > settings.SCANS_MAX_URLS:
         raise forms.ValidationError(
             f"{len(numbered)} URLs is more than the {settings.SCANS_MAX_URLS} a scan may hold."
@@ -38,15 +42,18 @@ def parse_urls(text: str) -> list[str]:
     refused = [(n, url, reason) for n, url, reason in refused if reason]
     if refused:
         summary = f"Fix {_line_numbers([n for n, _, _ in refused])} of the list:"
-        raise forms.ValidationError(
-            [summary] + [f"Line {n}: {url[:200]!r}: {reason}." for n, url, reason in refused[:20]]
-        )
+        shown, rest = refused[:SHOWN_LINES], refused[SHOWN_LINES:]
+        lines = [f"Line {n}: {url[:200]!r}: {reason}." for n, url, reason in shown]
+        if rest:
+            lines.append(f"And {len(rest)} more: {_line_numbers([n for n, _, _ in rest])}.")
+        raise forms.ValidationError([summary, *lines])
     return [url for _, url in numbered]
 
 
 class ScanForm(forms.Form):
     urls = forms.CharField(
         label="URLs, one per line",
+        error_messages={"required": EMPTY_LIST},
         widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "autofocus": True}),
         strip=False,
     )
@@ -58,7 +65,10 @@ class ScanForm(forms.Form):
             min_value=1,
             max_value=settings.SCANS_MAX_CONCURRENCY,
             initial=settings.SCANS_DEFAULT_CONCURRENCY,
-            help_text="How many URLs are fetched at once.",
+            help_text=(
+                "How many URLs are fetched at once; at most "
+                f"{settings.SCANS_PER_HOST_LIMIT} at a time from any one site."
+            ),
         )
         self.fields["timeout"] = forms.FloatField(
             min_value=0.1,

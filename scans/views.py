@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -16,7 +17,11 @@ from scans import exports
 from scans.access import get_scan_for_visitor, too_many_active, visitor_scans
 from scans.forms import ScanForm
 from scans.history import previous_results
+from scans.models import Result, Scan
 from scans.submit import cancel, create_scan, run_again
+
+# The error of a row a cancel ended before it was fetched (see store.cancel_scan).
+CANCELLED = "cancelled"
 
 
 def new_scan(request: HttpRequest) -> HttpResponse:
@@ -35,6 +40,13 @@ def new_scan(request: HttpRequest) -> HttpResponse:
 
 def scan_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(visitor_scans(request), 25).get_page(request.GET.get("page"))
+    page.object_list = list(page.object_list)
+    stopped = [scan.id for scan in page.object_list if scan.status == Scan.CANCELLED]
+    rows = Result.objects.filter(scan_id__in=stopped, error=CANCELLED)
+    cancelled = dict(rows.values_list("scan_id").annotate(Count("id")).order_by())
+    for scan in page.object_list:
+        scan.cancelled_rows = cancelled.get(scan.id, 0)
+        scan.fetched = scan.done - scan.cancelled_rows
     return render(request, "scans/list.html", {"scans": page, "page": page})
 
 
@@ -44,7 +56,10 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     previous = previous_results(scan)
     for result in results:
         result.previous = previous.get(result.url)
-    return render(request, "scans/detail.html", {"scan": scan, "results": results})
+    # A cancelled scan's unfetched rows count as done (the scan is over) but were not fetched.
+    cancelled = sum(result.error == CANCELLED for result in results)
+    context = {"scan": scan, "results": results, "fetched": scan.done - cancelled}
+    return render(request, "scans/detail.html", {**context, "cancelled": cancelled})
 
 
 @require_POST

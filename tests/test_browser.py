@@ -244,6 +244,13 @@ def test_cancel_ends_the_scan_and_marks_pending_rows_cancelled(page: Page, targe
         for i in range(2, 10):
             expect(rows.nth(i).locator("[data-field=status]")).to_have_text("cancelled")
         expect(seen.get_by_role("button", name="Cancel scan")).to_have_count(0)
+        # Two fetched, eight ended unfetched: not "10 / 10", and no site failed.
+        expect(seen.locator("[data-scan=done]")).to_have_text("2")
+        expect(seen.locator("[data-scan=cancelled]")).to_have_text(" · 8 cancelled")
+        bar = seen.locator("[data-scan=bar]")
+        expect(bar).to_have_attribute("style", re.compile(r"width: 20%"))
+        expect(seen.locator("[data-scan=failed]")).to_have_text("0")
+        expect(seen.locator("[data-scan=connection]")).to_have_text("")
     screenshot(watcher, "live-page-cancelled")
 
 

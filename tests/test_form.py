@@ -18,11 +18,14 @@ def post(client, urls: str, concurrency: str = "10", timeout: str = "5"):
     return client.post(reverse("scans:new"), data)
 
 
+@override_settings(SCANS_PER_HOST_LIMIT=7)
 def test_it_shows_the_form(client):
     response = client.get("/")
     assert response.status_code == 200
     for name in ("urls", "concurrency", "timeout", "csrfmiddlewaretoken"):
         assert f'name="{name}"' in response.text
+    # Why a scan of one site runs fewer at once than its concurrency.
+    assert "at most 7 at a time from any one site" in response.text
 
 
 def test_the_form_is_sent_as_multipart_and_a_urlencoded_post_works_too(client):
@@ -57,11 +60,22 @@ def test_it_stores_the_scan_and_one_pending_row_per_url(client):
     ]
 
 
-def test_an_empty_list_is_refused(client):
-    response = post(client, " \n\n ")
+@pytest.mark.parametrize("urls", ["", " \n\n "])
+def test_an_empty_list_is_refused_in_the_same_words(client, urls):
+    response = post(client, urls)
     assert response.status_code == 400
-    assert "Enter at least one URL" in response.text
+    assert "Enter at least one URL, one per line." in response.text
     assert not Scan.objects.exists()
+
+
+def test_past_twenty_bad_lines_the_rest_are_named_by_number(client):
+    urls = "\n".join(["http://ok.example/"] + [f"ftp://bad{i}.example/" for i in range(30)])
+    response = post(client, urls)
+    assert response.status_code == 400
+    assert "Fix lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 and 20 more of the list" in response.text
+    assert "Line 21: &#x27;ftp://bad19.example/&#x27;" in response.text
+    assert "Line 22:" not in response.text
+    assert "And 10 more: lines 22, 23, 24, 25, 26, 27, 28, 29, 30, 31." in response.text
 
 
 def test_it_names_every_line_that_is_not_an_http_url(client):

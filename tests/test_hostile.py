@@ -32,9 +32,9 @@ LOOPBACK = Limits(
 
 # (name, path or a function of the target giving the URL, error class, words of the message)
 HOSTILE = [
-    ("endless body", "/endless", "too_large", "more than 5242880 bytes received"),
+    ("endless body", "/endless", "too_large", "more than 5 MiB received"),
     ("a byte a second", "/trickle", "timeout", "no complete answer within 1.5 s"),
-    ("gzip bomb", "/gzip-bomb", "too_large", "decodes to more than 5242880 bytes"),
+    ("gzip bomb", "/gzip-bomb", "too_large", "decodes to more than 5 MiB"),
     ("redirect loop", "/loop", "too_many_redirects", "more than 10 redirects"),
     (
         "redirect to a blocked address",
@@ -101,6 +101,16 @@ def full_listener() -> Iterator[int]:
     finally:
         for sock in [*fillers, listener]:
             sock.close()
+
+
+async def test_a_closed_port_is_a_connect_error_in_the_systems_words():
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        async with Fetcher(LOOPBACK) as fetcher:
+            result = await fetcher.fetch(f"http://127.0.0.1:{port}/", time.monotonic())
+    assert result.error == "connect"
+    assert result.error_message == f"could not connect to 127.0.0.1:{port} (Connection refused)"
 
 
 async def test_a_server_that_never_accepts_ends_at_the_connect_timeout(target):

@@ -79,6 +79,15 @@ def test_cancel_ends_the_pending_rows(client):
         ("ok", None),
         ("error", "cancelled"),
     ]
+    # The pages count what was fetched, and say how many rows the cancel ended; an ended
+    # row is not a site that failed.
+    page = client.get(f"/scans/{scan.id}/").text
+    assert '<span data-scan="done">1</span> / 2<span data-scan="cancelled"> · 1 cancelled' in page
+    assert 'style="width: 50%"' in page
+    assert 'data-position="1" class="state-error" data-cancelled>' in page
+    assert "data-failed" not in page
+    listed = client.get("/scans/").text
+    assert '<td class="num">1 <span class="fine">(1 cancelled)</span></td>' in listed
 
 
 def test_cancel_needs_a_post(client):
@@ -143,3 +152,15 @@ def test_the_live_page_carries_each_urls_previous_figures(client):
     row_b = page[page.index('data-position="0"') :].split("</tr>")[0]
     assert 'data-prev-size="2048" data-prev-ms="120.5"' in row_a
     assert "data-prev-size" not in row_b
+
+
+def test_a_row_names_where_redirects_ended_not_the_url_as_encoded(client):
+    scan = submit(client)
+    rows = Result.objects.filter(scan=scan)
+    rows.filter(position=0).update(state="ok", http_status=200, redirects=0,
+                                   final_url="http://a.example/a%20b")  # fmt: skip
+    rows.filter(position=1).update(state="ok", http_status=200, redirects=2,
+                                   final_url="http://elsewhere.example/")  # fmt: skip
+    page = client.get(f"/scans/{scan.id}/").text
+    assert "→ http://a.example/a%20b" not in page
+    assert "→ http://elsewhere.example/" in page

@@ -185,6 +185,8 @@ async def test_proxy_variables_are_ignored_by_the_fetcher(target, monkeypatch):
         ("http://127.1/", "not a standard IP address"),
         ("http://017700000001/", "not a standard IP address"),
         ("http:///path", "no host"),
+        ("https://:80/", "the URL has no host"),
+        ("http://:8080", "the URL has no host"),
         ("http://[::1/", "not a valid URL"),
     ],
 )

@@ -68,14 +68,20 @@ function updateScan(next) {
   scan = { ...next, done };
   el("status").textContent = scan.status;
   el("status").className = `badge status-${scan.status}`;
-  el("done").textContent = String(done);
-  el("bar").style.width = `${scan.total ? (100 * done) / scan.total : 100}%`;
-  root.querySelector(".progress").setAttribute("aria-valuenow", String(done));
+  // A cancel counts the rows it ended as done; the page counts what was fetched.
+  const cancelled = table.cancelled.size;
+  const fetched = done - cancelled;
+  el("done").textContent = String(fetched);
+  el("cancelled").textContent = ` · ${cancelled} cancelled`;
+  el("cancelled").hidden = cancelled === 0;
+  el("bar").style.width = `${scan.total ? (100 * fetched) / scan.total : 100}%`;
+  root.querySelector(".progress").setAttribute("aria-valuenow", String(fetched));
   el("sum").textContent = ms(scan.sum_ms);
   el("bytes").textContent = formatBytes(scan.total_bytes);
   el("bytes").title = exactBytes(scan.total_bytes);
   finished = scan.status === "done" || scan.status === "cancelled";
   if (finished && el("cancel")) el("cancel").remove();
+  if (finished) setConnection(""); // nothing more will come: no longer "live"
   tick();
 }
 

@@ -3,7 +3,13 @@
 
 import { exactBytes, formatBytes, ms } from "./format.js";
 
+// A row a cancel ended before it was fetched: not a site that failed.
+export function isCancelled(result) {
+  return result.error === "cancelled";
+}
+
 export function isFailed(result) {
+  if (isCancelled(result)) return false;
   return result.state === "error" || (result.http_status ?? 0) >= 400;
 }
 
@@ -26,7 +32,8 @@ function changeText(result, previous) {
 
 function detailText(result) {
   if (result.error) return result.error_message;
-  if (result.final_url && result.final_url !== result.url) return `→ ${result.final_url}`;
+  // Where redirects ended; not the URL as sent, which may differ only in its encoding.
+  if (result.redirects && result.final_url) return `→ ${result.final_url}`;
   return "";
 }
 
@@ -56,10 +63,12 @@ export class ResultsTable {
     this.cells = new Map();
     this.results = new Map();
     this.failed = new Set();
+    this.cancelled = new Set();
     for (const tr of this.tbody.rows) {
       const position = Number(tr.dataset.position);
       this.rows.set(position, tr);
       if (tr.hasAttribute("data-failed")) this.failed.add(position);
+      if (tr.hasAttribute("data-cancelled")) this.cancelled.add(position);
     }
     this.order = [...this.rows.keys()];
     this.sortKey = "position";
@@ -98,6 +107,10 @@ export class ResultsTable {
     tr.toggleAttribute("data-failed", failed);
     if (failed) this.failed.add(result.position);
     else this.failed.delete(result.position);
+    const cancelled = isCancelled(result);
+    tr.toggleAttribute("data-cancelled", cancelled);
+    if (cancelled) this.cancelled.add(result.position);
+    else this.cancelled.delete(result.position);
     cell.status.textContent = statusText(result);
     cell.size.textContent = formatBytes(result.size);
     cell.size.title = exactBytes(result.size);
