@@ -357,6 +357,23 @@ def test_the_waterfall_draws_each_fetch_as_it_finishes(page: Page, target):
     assert span_done > float(span_running.split()[2]), "the time axis grows as the scan runs"
     assert span_done >= max(b["end"] for b in drawn.values())
     expect(page.locator("[data-scan=axis] span").first).to_have_text("0 ms")
+    # Every gridline has its label, and none sticks out of the figure: drawn again on a copy
+    # of the figure, over 1,000 ms, whose last gridline is at its right edge.
+    labels = page.evaluate(
+        """async () => {
+            const { Waterfall } = await import('/static/scans/waterfall.js');
+            const figure = document.querySelector('figure.waterfall').cloneNode(true);
+            document.body.append(figure);
+            const axis = figure.querySelector('[data-scan=axis]');
+            new Waterfall(figure.querySelector('svg'), axis, 1).drawAxis(1000);
+            const box = axis.getBoundingClientRect();
+            return [...axis.children].map(label => {
+                const r = label.getBoundingClientRect();
+                return [label.textContent, r.left >= box.left - 1 && r.right <= box.right + 1];
+            });
+        }"""
+    )
+    assert labels == [[f"{t} ms", True] for t in range(0, 1001, 200)]
 
 
 SHOWN_POSITIONS = """() => [...document.querySelectorAll('tbody[data-scan=rows] tr')]

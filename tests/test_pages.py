@@ -65,6 +65,8 @@ def test_the_list_shows_the_visitors_scans_newest_first(client):
     first, second = submit(client), submit(client, "http://z.example/")
     text = client.get("/scans/").text
     assert text.index(str(second.id)) < text.index(str(first.id))
+    # When, with the time zone it is in.
+    assert f"{second.created:%Y-%m-%d %H:%M:%S} UTC</a>" in text
 
 
 def test_cancel_ends_the_pending_rows(client):

@@ -124,10 +124,10 @@ export class Waterfall {
     const labels = [];
     for (let t = 0; t <= span; t += step) {
       lines.push(svg("line", { class: "grid", x1: t, x2: t, y1: 0, y2: this.rowCount }));
-      // A label too near the right edge would stick out of the figure.
-      if (t / span > 0.9 && t > 0) continue;
       const label = document.createElement("span");
       label.style.left = `${(100 * t) / span}%`;
+      // Centred under its line, a label near the right edge would stick out: it ends there.
+      if (t / span > 0.9 && t > 0) label.className = "end";
       label.textContent = tickLabel(t, span);
       labels.push(label);
     }
