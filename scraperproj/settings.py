@@ -192,11 +192,16 @@ SCANS_MAX_ATTEMPTS = envint("SCANS_MAX_ATTEMPTS", 3)
 SCANS_ALLOWED_NETWORKS = parse_networks(os.getenv("SCANS_ALLOWED_NETWORKS", ""))
 SCANS_ALLOWED_PORTS = _ports(os.getenv("SCANS_ALLOWED_PORTS", "80,443"))
 
+# Each line once, with its time: not again through the root logger that daphne sets up.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"scans": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")}},
+    "formatters": {"timed": {"format": "%(asctime)s %(levelname)-8s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "timed"}},
+    "loggers": {
+        name: {"handlers": ["console"], "level": level, "propagate": False}
+        for name, level in (("scans", os.getenv("LOG_LEVEL", "INFO")), ("django", "INFO"))
+    },
 }
 # Without Redis the in-memory layer cannot reach another process: the web process fetches.
 SCANS_RUN_IN_WEB = envbool("SCANS_RUN_IN_WEB", "0" if REDIS_URL else "1")
