@@ -18,10 +18,9 @@ class ResultInline(admin.TabularInline):
         "state",
         "http_status",
         "size_bytes",
-        "wire_bytes",
         "ttfb_ms",
         "elapsed_ms",
-        "final_url",
+        "redirected_to",
         "error",
         "error_message",
     )
@@ -42,9 +41,9 @@ class ResultInline(admin.TabularInline):
     def size_bytes(self, result: Result) -> str:
         return _count(result.size)
 
-    @admin.display(description="on the wire (bytes)")
-    def wire_bytes(self, result: Result) -> str:
-        return _count(result.wire_size)
+    @admin.display(description="redirected to")
+    def redirected_to(self, result: Result) -> str:
+        return result.final_url if result.redirects else ""
 
 
 def _count(n: int | None) -> str:
@@ -58,7 +57,7 @@ class ScanAdmin(admin.ModelAdmin):
         "owner_name",
         "status",
         "total",
-        "done",
+        "fetched",
         "size",
         "duration",
         "live_page",
@@ -73,7 +72,7 @@ class ScanAdmin(admin.ModelAdmin):
         "concurrency",
         "timeout_s",
         "total",
-        "done",
+        "fetched",
         "total_size",
         "sum_of_times",
         "created",
@@ -90,6 +89,14 @@ class ScanAdmin(admin.ModelAdmin):
     @admin.display(description="owner")
     def owner_name(self, scan: Scan) -> str:
         return scan.owner.get_username() if scan.owner else "anonymous visitor"
+
+    @admin.display(description="done", ordering="done")
+    def fetched(self, scan: Scan) -> str:
+        """As the live page counts: a cancelled scan's unfetched rows are not done."""
+        if scan.status != Scan.CANCELLED:
+            return str(scan.done)
+        cancelled = scan.results.filter(error="cancelled").count()
+        return f"{scan.done - cancelled} ({cancelled} cancelled)"
 
     @admin.display(description="size", ordering="total_bytes")
     def size(self, scan: Scan) -> str:

@@ -154,11 +154,15 @@ def _why_text_refused(url: str, allowed_ports: frozenset[int] | None) -> str | N
 
 
 def _why_parsed_url_refused(url: URL, allowed_ports: frozenset[int] | None) -> str | None:
+    if not url.scheme and not url.raw_host:  # "example.com/page"
+        return "only http:// and https:// URLs can be scanned: write one of them in front"
     if url.scheme not in ("http", "https"):
         return "only http:// and https:// URLs can be scanned"
     host = url.raw_host
     if not host:
         return NO_HOST
+    if any(c.isspace() for c in host):
+        return f"the host name {host!r} has a space in it"
     if url.raw_user is not None or url.raw_password is not None:
         return "URLs with a user name or password are not allowed"
     return _why_host_or_port_refused(host, url.port, allowed_ports)

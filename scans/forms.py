@@ -13,9 +13,12 @@ SHOWN_LINES = 20
 
 
 def _line_numbers(numbers: list[int]) -> str:
-    shown = ", ".join(str(n) for n in numbers[:10])
-    more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
-    return f"line{'s' if len(numbers) > 1 else ''} {shown}{more}"
+    """``lines 2, 3 and 5``; past ten, ``lines 2, 3, …, 11 and 20 more``."""
+    if len(numbers) == 1:
+        return f"line {numbers[0]}"
+    named = [str(n) for n in numbers[:10]]
+    last = f"{len(numbers) - 10} more" if len(numbers) > 10 else named.pop()
+    return f"lines {', '.join(named)} and {last}"
 
 
 def _not_text(url: str) -> str | None:
@@ -41,12 +44,15 @@ def parse_urls(text: str) -> list[str]:
     refused = [(n, url, _not_text(url) or why_url_refused(url, ports)) for n, url in numbered]
     refused = [(n, url, reason) for n, url, reason in refused if reason]
     if refused:
-        summary = f"Fix {_line_numbers([n for n, _, _ in refused])} of the list:"
         shown, rest = refused[:SHOWN_LINES], refused[SHOWN_LINES:]
         lines = [f"Line {n}: {url[:200]!r}: {reason}." for n, url, reason in shown]
         if rest:
             lines.append(f"And {len(rest)} more: {_line_numbers([n for n, _, _ in rest])}.")
-        raise forms.ValidationError([summary, *lines])
+        if len(refused) > 10:
+            lines.insert(0, f"Fix these {len(refused)} lines of the list:")
+        elif len(refused) > 1:
+            lines.insert(0, f"Fix {_line_numbers([n for n, _, _ in refused])} of the list:")
+        raise forms.ValidationError(lines)
     return [url for _, url in numbered]
 
 

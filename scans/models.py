@@ -38,6 +38,8 @@ class Scan(models.Model):
         ordering = ["-created"]
 
     def __str__(self) -> str:
+        if self.status == self.CANCELLED:  # its done/total counts the rows the cancel ended
+            return f"Scan {self.id} (cancelled, of {self.total})"
         return f"Scan {self.id} ({self.status}, {self.done}/{self.total})"
 
     @property
@@ -54,6 +56,10 @@ class Scan(models.Model):
         if user is not None and user.is_authenticated:
             return user.is_staff or self.owner_id == user.id
         return self.owner_id is None and bool(visitor_key) and visitor_key == self.visitor_key
+
+
+# The error classes people read on the page, where the API's names read poorly.
+ERROR_LABELS = {"dns": "DNS", "tls": "TLS", "connect": "no connection", "other": "error"}
 
 
 class Result(models.Model):
@@ -93,6 +99,11 @@ class Result(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}: {self.url}"
+
+    @property
+    def error_label(self) -> str:
+        """The error class as the live page shows it (static/scans/table.js: errorLabel)."""
+        return ERROR_LABELS.get(self.error or "", (self.error or "").replace("_", " "))
 
 
 class ScanWorker(models.Model):

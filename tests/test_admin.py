@@ -78,6 +78,17 @@ def test_run_again_and_cancel_actions(admin_client):
     assert running.status == "cancelled"
 
 
+def test_a_cancelled_scan_counts_what_was_fetched_as_the_live_page_does(admin_client):
+    scan = make_scan(["http://a.example/", "http://b.example/"], status=Scan.RUNNING)
+    Result.objects.filter(scan=scan, position=1).update(state="pending", size=None)
+    Scan.objects.filter(pk=scan.id).update(done=1)
+    admin_client.post("/admin/scans/scan/", {"action": "cancel", "_selected_action": [scan.id]})
+    listed = admin_client.get("/admin/scans/scan/").text
+    assert '<td class="field-fetched">1 (1 cancelled)</td>' in listed
+    page = admin_client.get(f"/admin/scans/scan/{scan.id}/change/").text
+    assert "1 (1 cancelled)" in page and "(cancelled, of 2)" in page
+
+
 def test_scans_are_read_only_and_export_as_csv(admin_client):
     first, second = make_scan(["http://a.example/"]), make_scan(["http://=b.example/"])
     page = admin_client.get(f"/admin/scans/scan/{first.id}/change/").text

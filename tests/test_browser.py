@@ -251,6 +251,8 @@ def test_cancel_ends_the_scan_and_marks_pending_rows_cancelled(page: Page, targe
         expect(bar).to_have_attribute("style", re.compile(r"width: 20%"))
         expect(seen.locator("[data-scan=failed]")).to_have_text("0")
         expect(seen.locator("[data-scan=connection]")).to_have_text("")
+        seen.get_by_label("Errors only").check()
+        expect(seen.locator("[data-scan=shown]")).to_have_text("no errors")
     screenshot(watcher, "live-page-cancelled")
 
 
@@ -424,7 +426,12 @@ def test_the_table_sorts_by_each_column_and_filters_to_errors(page: Page, target
     page.get_by_label("Errors only").check()
     expect_positions(page, [6, 7])
     expect(page.locator("[data-scan=shown]")).to_have_text("showing 2 of 8")
+    # The error class in people's words, live and as the server draws it after a reload.
+    dns_status = page.locator("tbody tr[data-position='7'] [data-field=status]")
+    expect(dns_status).to_have_text("DNS")
     screenshot(page, "live-page-errors-only")
+    page.reload()
+    expect(dns_status).to_have_text("DNS")
     page.get_by_label("Errors only").uncheck()
     expect_positions(page, list(range(8)))
 

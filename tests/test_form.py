@@ -72,17 +72,17 @@ def test_past_twenty_bad_lines_the_rest_are_named_by_number(client):
     urls = "\n".join(["http://ok.example/"] + [f"ftp://bad{i}.example/" for i in range(30)])
     response = post(client, urls)
     assert response.status_code == 400
-    assert "Fix lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 and 20 more of the list" in response.text
+    assert "Fix these 30 lines of the list:" in response.text
     assert "Line 21: &#x27;ftp://bad19.example/&#x27;" in response.text
     assert "Line 22:" not in response.text
-    assert "And 10 more: lines 22, 23, 24, 25, 26, 27, 28, 29, 30, 31." in response.text
+    assert "And 10 more: lines 22, 23, 24, 25, 26, 27, 28, 29, 30 and 31." in response.text
 
 
 def test_it_names_every_line_that_is_not_an_http_url(client):
     urls = "http://ok.example/\nftp://files.example/\nnot a url\nhttps://fine.example/\njavascript:alert(1)"
     response = post(client, urls)
     assert response.status_code == 400
-    assert "Fix lines 2, 3, 5 of the list" in response.text
+    assert "Fix lines 2, 3 and 5 of the list" in response.text
     assert "Line 2: &#x27;ftp://files.example/&#x27;: only http:// and https://" in response.text
     assert "Line 3:" in response.text and "Line 5:" in response.text
     assert "Line 1:" not in response.text and "Line 4:" not in response.text
@@ -144,3 +144,11 @@ def test_urls_with_credentials_are_refused_even_empty_ones(client, url):
     assert response.status_code == 400
     assert "Line 2:" in response.text and "user name or password are not allowed" in response.text
     assert not Scan.objects.exists()
+
+
+def test_a_single_bad_line_is_named_once(client):
+    response = post(client, "http://ok.example/\nexample.com/page")
+    assert response.status_code == 400
+    assert "Line 2: &#x27;example.com/page&#x27;: only http:// and https:// URLs" in response.text
+    assert "write one of them in front" in response.text
+    assert "Fix line" not in response.text

@@ -186,6 +186,8 @@ async def test_proxy_variables_are_ignored_by_the_fetcher(target, monkeypatch):
         ("http://017700000001/", "not a standard IP address"),
         ("http:///path", "no host"),
         ("https://:80/", "the URL has no host"),
+        ("example.com/page", "write one of them in front"),
+        ("http://exa mple.com/", "the host name 'exa mple.com' has a space in it"),
         ("http://:8080", "the URL has no host"),
         ("http://[::1/", "not a valid URL"),
     ],
@@ -332,7 +334,7 @@ async def test_the_form_names_each_line_it_refuses_and_why(guarded_server):
         status, page = await post_form(visitor, lines)
     assert status == 400
     items = error_items(page)
-    assert items[0] == "Fix lines 2, 3, 4, 6, 7 of the list:"
+    assert items[0] == "Fix lines 2, 3, 4, 6 and 7 of the list:"
     assert items[1].startswith("Line 2: ") and "user name or password" in items[1]
     assert items[2].startswith("Line 3: ") and "only http:// and https://" in items[2]
     assert items[3].startswith("Line 4: ") and "port 8080 is not allowed" in items[3]

@@ -51,7 +51,8 @@ function draw(now) {
 function showCounts() {
   el("failed").textContent = String(table.failed.size);
   const errorsOnly = el("errors-only").checked;
-  el("shown").textContent = errorsOnly ? `showing ${table.failed.size} of ${table.total}` : "";
+  const shown = table.failed.size ? `showing ${table.failed.size} of ${table.total}` : "no errors";
+  el("shown").textContent = errorsOnly ? shown : "";
 }
 
 function updateResults(results) {

@@ -13,9 +13,16 @@ export function isFailed(result) {
   return result.state === "error" || (result.http_status ?? 0) >= 400;
 }
 
+// The error classes people read, where the API's names read poorly (scans/models.py: ERROR_LABELS).
+const ERROR_LABELS = { dns: "DNS", tls: "TLS", connect: "no connection", other: "error" };
+
+export function errorLabel(error) {
+  return ERROR_LABELS[error] ?? error.replaceAll("_", " ");
+}
+
 function statusText(result) {
   if (result.state === "pending") return "…";
-  return result.error ? result.error : String(result.http_status);
+  return result.error ? errorLabel(result.error) : String(result.http_status);
 }
 
 // Against the owner's previous scan of the same URL, from the row's data-prev-* attributes.
@@ -24,8 +31,9 @@ function changeText(result, previous) {
   const parts = [];
   const sizeChange = result.size - Number(previous.prevSize);
   if (sizeChange !== 0) parts.push(`${sizeChange > 0 ? "+" : "−"}${formatBytes(Math.abs(sizeChange))}`);
-  const timeChange = result.elapsed_ms - Number(previous.prevMs);
-  parts.push(`${timeChange >= 0 ? "+" : "−"}${ms(Math.abs(timeChange))}`);
+  const timeChange = Math.round(result.elapsed_ms - Number(previous.prevMs));
+  const sign = timeChange > 0 ? "+" : timeChange < 0 ? "−" : "±";
+  parts.push(`${sign}${ms(Math.abs(timeChange))}`);
   const title = `last scan: ${exactBytes(Number(previous.prevSize))} in ${ms(Number(previous.prevMs))}`;
   return [parts.join(", "), title];
 }
