@@ -70,7 +70,7 @@ class ScanAdmin(admin.ModelAdmin):
         "owner_name",
         "status",
         "concurrency",
-        "timeout_s",
+        "timeout",
         "total",
         "fetched",
         "total_size",
@@ -110,9 +110,14 @@ class ScanAdmin(admin.ModelAdmin):
     def sum_of_times(self, scan: Scan) -> str:
         return f"{scan.sum_ms:,.1f} ms"
 
-    @admin.display(description="duration")
+    @admin.display(description="wall time")
     def duration(self, scan: Scan) -> str:
-        return f"{scan.wall_ms / 1000:.2f} s" if scan.wall_ms is not None else "-"
+        """As the live page gives it."""
+        return f"{scan.wall_ms:,.0f} ms" if scan.wall_ms is not None else "-"
+
+    @admin.display(description="timeout per URL")
+    def timeout(self, scan: Scan) -> str:
+        return f"{scan.timeout_s:g} s"
 
     @admin.display(description="live page")
     def live_page(self, scan: Scan) -> str:

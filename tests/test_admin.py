@@ -37,7 +37,7 @@ def test_it_lists_scans_with_their_figures(admin_client):
     scan = make_scan(["http://a.example/"], owner=User.objects.create_user("ann"))
     page = admin_client.get("/admin/scans/scan/").text
     assert "ann" in page and f"/scans/{scan.id}/" in page
-    for column in ("status", "total", "done", "size", "duration"):
+    for column in ("status", "total", "done", "size", "wall time"):
         assert column in page.lower()
 
 
@@ -58,6 +58,7 @@ def test_a_scan_shows_its_results_read_only_with_exact_bytes(admin_client):
     assert 'name="results-0-size"' not in page
     # The scan's figures read as on the live page, without a float's noise.
     assert "2,469,135 bytes (2.4\xa0MB)" in page and "322,475.0 ms" in page
+    assert "Timeout per URL" in page and "4 s" in page
     # Rows are numbered by line, from 1, as on the live page.
     lines = [cell.split(">")[1] for cell in page.split('<td class="field-line">')[1:]]
     assert [line.split("<")[0].strip() for line in lines] == ["1", "2"]
