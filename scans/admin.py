@@ -95,7 +95,7 @@ class ScanAdmin(admin.ModelAdmin):
         """As the live page counts: a cancelled scan's unfetched rows are not done."""
         if scan.status != Scan.CANCELLED:
             return str(scan.done)
-        cancelled = scan.results.filter(error="cancelled").count()
+        cancelled = scan.results.filter(error=Result.CANCELLED).count()
         return f"{scan.done - cancelled} ({cancelled} cancelled)"
 
     @admin.display(description="size", ordering="total_bytes")

@@ -65,6 +65,8 @@ ERROR_LABELS = {"dns": "DNS", "tls": "TLS", "connect": "no connection", "other":
 class Result(models.Model):
     PENDING, OK, ERROR = "pending", "ok", "error"
     STATES = [(s, s) for s in (PENDING, OK, ERROR)]
+    # The error of a row that a cancel ended before it was fetched.
+    CANCELLED = "cancelled"
 
     # No index of its own: the two below start with the scan (see migration 0004).
     scan = models.ForeignKey(Scan, models.CASCADE, related_name="results", db_index=False)

@@ -406,7 +406,7 @@ def cancel_scan(scan_id: uuid.UUID) -> dict | None:
             return None
         pending.update(
             state=Result.ERROR,
-            error="cancelled",
+            error=Result.CANCELLED,
             error_message="the scan was cancelled before this URL finished",
             finished_at=now,
             claimed_by="",

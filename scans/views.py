@@ -20,9 +20,6 @@ from scans.history import previous_results
 from scans.models import Result, Scan
 from scans.submit import cancel, create_scan, run_again
 
-# The error of a row a cancel ended before it was fetched (see store.cancel_scan).
-CANCELLED = "cancelled"
-
 
 def new_scan(request: HttpRequest) -> HttpResponse:
     if settings.SCANS_REQUIRE_LOGIN and not request.user.is_authenticated:
@@ -42,7 +39,7 @@ def scan_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(visitor_scans(request), 25).get_page(request.GET.get("page"))
     page.object_list = list(page.object_list)
     stopped = [scan.id for scan in page.object_list if scan.status == Scan.CANCELLED]
-    rows = Result.objects.filter(scan_id__in=stopped, error=CANCELLED)
+    rows = Result.objects.filter(scan_id__in=stopped, error=Result.CANCELLED)
     cancelled = dict(rows.values_list("scan_id").annotate(Count("id")).order_by())
     for scan in page.object_list:
         scan.cancelled_rows = cancelled.get(scan.id, 0)
@@ -57,7 +54,7 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     for result in results:
         result.previous = previous.get(result.url)
     # A cancelled scan's unfetched rows count as done (the scan is over) but were not fetched.
-    cancelled = sum(result.error == CANCELLED for result in results)
+    cancelled = sum(result.error == Result.CANCELLED for result in results)
     context = {"scan": scan, "results": results, "fetched": scan.done - cancelled}
     return render(request, "scans/detail.html", {**context, "cancelled": cancelled})
 
