@@ -84,7 +84,7 @@ class ScanAdmin(admin.ModelAdmin):
     actions = ["run_again", "cancel", "export_csv"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("owner")
+        return super().get_queryset(request).select_related("owner").with_cancelled_rows()
 
     @admin.display(description="owner")
     def owner_name(self, scan: Scan) -> str:
@@ -93,10 +93,9 @@ class ScanAdmin(admin.ModelAdmin):
     @admin.display(description="done", ordering="done")
     def fetched(self, scan: Scan) -> str:
         """As the live page counts: a cancelled scan's unfetched rows are not done."""
-        if scan.status != Scan.CANCELLED:
+        if not scan.cancelled_rows:
             return str(scan.done)
-        cancelled = scan.results.filter(error=Result.CANCELLED).count()
-        return f"{scan.done - cancelled} ({cancelled} cancelled)"
+        return f"{scan.fetched} ({scan.cancelled_rows} cancelled)"
 
     @admin.display(description="size", ordering="total_bytes")
     def size(self, scan: Scan) -> str:

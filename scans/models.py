@@ -8,6 +8,19 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+
+
+class ScanQuerySet(models.QuerySet):
+    def with_cancelled_rows(self) -> ScanQuerySet:
+        """Each scan with ``cancelled_rows``: its rows that a cancel ended before they were
+        fetched (a count of few rows a scan, through the scan-and-state index)."""
+        ended = Result.objects.filter(
+            scan=OuterRef("pk"), state=Result.ERROR, error=Result.CANCELLED
+        )
+        count = ended.order_by().values("scan").annotate(n=Count("pk")).values("n")
+        return self.annotate(cancelled_rows=Coalesce(Subquery(count), 0))
 
 
 class Scan(models.Model):
@@ -34,6 +47,8 @@ class Scan(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
 
+    objects = ScanQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created"]
 
@@ -41,6 +56,12 @@ class Scan(models.Model):
         if self.status == self.CANCELLED:  # its done/total counts the rows the cancel ended
             return f"Scan {self.id} (cancelled, of {self.total})"
         return f"Scan {self.id} ({self.status}, {self.done}/{self.total})"
+
+    @property
+    def fetched(self) -> int:
+        """Rows fetched so far. ``done`` counts the rows a cancel ended too (the scan is over),
+        and ``cancelled_rows`` comes from ``with_cancelled_rows()`` or whoever read them."""
+        return self.done - self.cancelled_rows
 
     @property
     def wall_ms(self) -> float | None:
@@ -101,6 +122,10 @@ class Result(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}: {self.url}"
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.error == self.CANCELLED
 
     @property
     def error_label(self) -> str:

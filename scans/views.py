@@ -8,7 +8,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -17,7 +16,6 @@ from scans import exports
 from scans.access import get_scan_for_visitor, too_many_active, visitor_scans
 from scans.forms import ScanForm
 from scans.history import previous_results
-from scans.models import Result, Scan
 from scans.submit import cancel, create_scan, run_again
 
 
@@ -36,14 +34,8 @@ def new_scan(request: HttpRequest) -> HttpResponse:
 
 
 def scan_list(request: HttpRequest) -> HttpResponse:
-    page = Paginator(visitor_scans(request), 25).get_page(request.GET.get("page"))
-    page.object_list = list(page.object_list)
-    stopped = [scan.id for scan in page.object_list if scan.status == Scan.CANCELLED]
-    rows = Result.objects.filter(scan_id__in=stopped, error=Result.CANCELLED)
-    cancelled = dict(rows.values_list("scan_id").annotate(Count("id")).order_by())
-    for scan in page.object_list:
-        scan.cancelled_rows = cancelled.get(scan.id, 0)
-        scan.fetched = scan.done - scan.cancelled_rows
+    scans = visitor_scans(request).with_cancelled_rows()
+    page = Paginator(scans, 25).get_page(request.GET.get("page"))
     return render(request, "scans/list.html", {"scans": page, "page": page})
 
 
@@ -53,10 +45,8 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     previous = previous_results(scan)
     for result in results:
         result.previous = previous.get(result.url)
-    # A cancelled scan's unfetched rows count as done (the scan is over) but were not fetched.
-    cancelled = sum(result.error == Result.CANCELLED for result in results)
-    context = {"scan": scan, "results": results, "fetched": scan.done - cancelled}
-    return render(request, "scans/detail.html", {**context, "cancelled": cancelled})
+    scan.cancelled_rows = sum(result.is_cancelled for result in results)
+    return render(request, "scans/detail.html", {"scan": scan, "results": results})
 
 
 @require_POST

@@ -63,6 +63,14 @@ function compareKeys(a, b) {
 
 const unknown = (key) => key === null || key === undefined;
 
+// A row's mark, kept in its attribute (for CSS and a reload) and in the table's set of them.
+function mark(tr, attribute, positions, on) {
+  tr.toggleAttribute(attribute, on);
+  const position = Number(tr.dataset.position);
+  if (on) positions.add(position);
+  else positions.delete(position);
+}
+
 export class ResultsTable {
   constructor(table) {
     this.table = table;
@@ -111,14 +119,8 @@ export class ResultsTable {
   fill(tr, result) {
     const cell = this.cellsOf(tr);
     tr.className = `state-${result.state}`;
-    const failed = isFailed(result);
-    tr.toggleAttribute("data-failed", failed);
-    if (failed) this.failed.add(result.position);
-    else this.failed.delete(result.position);
-    const cancelled = isCancelled(result);
-    tr.toggleAttribute("data-cancelled", cancelled);
-    if (cancelled) this.cancelled.add(result.position);
-    else this.cancelled.delete(result.position);
+    mark(tr, "data-failed", this.failed, isFailed(result));
+    mark(tr, "data-cancelled", this.cancelled, isCancelled(result));
     cell.status.textContent = statusText(result);
     cell.size.textContent = formatBytes(result.size);
     cell.size.title = exactBytes(result.size);
