@@ -16,6 +16,7 @@ from scans import exports
 from scans.access import get_scan_for_visitor, too_many_active, visitor_scans
 from scans.forms import ScanForm
 from scans.history import previous_results
+from scans.models import ERROR_LABELS
 from scans.submit import cancel, create_scan, run_again
 
 
@@ -46,7 +47,8 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     for result in results:
         result.previous = previous.get(result.url)
     scan.cancelled_rows = sum(result.is_cancelled for result in results)
-    return render(request, "scans/detail.html", {"scan": scan, "results": results})
+    context = {"scan": scan, "results": results, "error_labels": ERROR_LABELS}
+    return render(request, "scans/detail.html", context)
 
 
 @require_POST

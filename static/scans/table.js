@@ -13,8 +13,9 @@ export function isFailed(result) {
   return result.state === "error" || (result.http_status ?? 0) >= 400;
 }
 
-// The error classes people read, where the API's names read poorly (scans/models.py: ERROR_LABELS).
-const ERROR_LABELS = { dns: "DNS", tls: "TLS", connect: "no connection", other: "error" };
+// The error classes people read, where the API's names read poorly: scans/models.py's
+// ERROR_LABELS, which the page carries.
+const ERROR_LABELS = JSON.parse(document.getElementById("error-labels")?.textContent ?? "{}");
 
 export function errorLabel(error) {
   return ERROR_LABELS[error] ?? error.replaceAll("_", " ");
