@@ -90,6 +90,14 @@ class Phase:
     errors: int
     # This process's CPU during (a), (b) and (f), which run in it; (c)'s is by process.
     cpu_s: float | None = None
+    # The target's CPU meanwhile. It does the same work for a page in every phase, so its
+    # CPU per page tells how fast the machine was then: a VM's cores change speed as
+    # their neighbours work.
+    target_cpu_s: float | None = None
+
+    @property
+    def target_us_per_url(self) -> float | None:
+        return None if self.target_cpu_s is None else self.target_cpu_s / self.urls * 1e6
 
     @property
     def urls_per_s(self) -> float:
@@ -144,6 +152,13 @@ class Report:
     system: SystemRun
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
+    # (b) again once (c) is over and its processes have stopped: c/b is against the mean
+    # of the two, so that the machine slowing or speeding up during the run moves both sides.
+    ceiling_after: Phase
+
+    @property
+    def ceiling_urls_per_s(self) -> float:
+        return (self.ceiling.urls_per_s + self.ceiling_after.urls_per_s) / 2
 
 
 # Processes
@@ -633,6 +648,7 @@ async def run_system(
     # Of what the first client saw: results that were missing, failed, or of the wrong size.
     errors = len(urls) - len(first.seen) + first.wrong
     phase = Phase(len(urls), finished - started, first.scan.get("total_bytes", 0), errors)
+    phase.target_cpu_s = (cpu_after["target"] or 0) - (cpu_before["target"] or 0)
     return SystemRun(
         phase=phase,
         submit_s=submit_s,
@@ -674,27 +690,34 @@ def _minus(after: dict[str, Counter], before: dict[str, Counter]) -> dict[str, C
     return {name: counts - before.get(name, Counter()) for name, counts in after.items()}
 
 
-def _with_cpu(fetch: Callable[..., Phase], *args: object) -> Phase:
-    """``fetch(*args)``, and the CPU this process spent on it."""
+def _with_cpu(fetch: Callable[..., Phase], *args: object, target: Target | None = None) -> Phase:
+    """``fetch(*args)``, and the CPU this process (and ``target``) spent on it."""
+    target_before = target and cpu_s(target.process.pid)
     before = os.times()
     phase = fetch(*args)
     after = os.times()
     phase.cpu_s = after.user + after.system - before.user - before.system
+    if target is not None:
+        phase.target_cpu_s = (cpu_s(target.process.pid) or 0) - (target_before or 0)
     return phase
 
 
 def run(options: Options, workdir: Path) -> Report:
-    """The whole benchmark: (a), (b), (f) and (c) against one target process."""
+    """The whole benchmark: (a), (b), (f), (c) and (b) again against one target process."""
     load_before = os.getloadavg()
     with Target(workdir) as target:
         urls = target.urls(options.urls, options.size_bytes, options.delay_ms)
         sync = _with_cpu(fetch_one_by_one, urls[: options.sync_urls])
-        ceiling = _with_cpu(asyncio.run, fetch_gathered(urls, options.concurrency))
+        ceiling = _with_cpu(asyncio.run, fetch_gathered(urls, options.concurrency), target=target)
         timeout_s = _form_timeout_s(options.delay_ms)
-        fetcher = _with_cpu(asyncio.run, fetch_with_fetcher(urls, options.concurrency, timeout_s))
+        fetched = fetch_with_fetcher(urls, options.concurrency, timeout_s)
+        fetcher = _with_cpu(asyncio.run, fetched, target=target)
         with Project(options, workdir) as project:
             system = asyncio.run(run_system(project, target, urls, options))
-    return Report(options, sync, ceiling, fetcher, system, load_before, os.getloadavg())
+        load_after = os.getloadavg()
+        gathered = fetch_gathered(urls, options.concurrency)
+        ceiling_after = _with_cpu(asyncio.run, gathered, target=target)
+    return Report(options, sync, ceiling, fetcher, system, load_before, load_after, ceiling_after)
 
 
 # What the project's processes run as: ``python -m scans.benchmark daphne|manage|target ...``

@@ -112,28 +112,43 @@ class Command(BaseCommand):
             ("(b) aiohttp + gather", ceiling),
             ("(f) scans.fetch alone", report.fetcher),
             ("(c) whole system", system),
+            ("(b) again, after (c)", report.ceiling_after),
         ]
-        lines = [f"\n{'':26}{'URLs':>7}{'wall s':>9}{'URLs/s':>9}{'errors':>8}{'CPU s':>8}"]
+        lines = [
+            f"\n{'':26}{'URLs':>7}{'wall s':>9}{'URLs/s':>9}{'errors':>8}{'CPU s':>8}"
+            f"{'target µs/URL':>15}"
+        ]
         for name, phase in rows:
-            cpu = "–" if phase.cpu_s is None else f"{phase.cpu_s:.2f}"
+            cpu = "–" if phase.cpu_s is None else f"{max(phase.cpu_s, 0):.2f}"
+            target = phase.target_us_per_url
             lines.append(
                 f"{name:26}{phase.urls:>7}{phase.wall_s:>9.2f}{phase.urls_per_s:>9.0f}"
-                f"{phase.errors:>8}{cpu:>8}"
+                f"{phase.errors:>8}{cpu:>8}{'–' if target is None else f'{target:.0f}':>15}"
             )
-        # A run that lost results has no throughput to compare.
-        c_over_b = (
-            f"{system.urls_per_s / ceiling.urls_per_s:.2f}"
-            if all(w.complete for w in report.system.watches)
-            else "n/a (results missing)"
+        lines.append(
+            "target µs/URL: the target site's CPU a page meanwhile, the same work each time:"
+            " it grows when the machine slows"
         )
         lines.append(
-            f"(a) per URL {sync.wall_s / sync.urls * 1000:.2f} ms;  c/b {c_over_b};  "
+            f"c/b {self.c_over_b(report)};  (a) per URL {sync.wall_s / sync.urls * 1000:.2f} ms;  "
             f"b/a {ceiling.urls_per_s / sync.urls_per_s:.1f};  "
             f"f/b {report.fetcher.urls_per_s / ceiling.urls_per_s:.2f}"
         )
         before, after = report.load_before, report.load_after
-        lines.append(f"load average before {before[0]:.2f}, after {after[0]:.2f}")
+        lines.append(f"load average before {before[0]:.2f}, after (c) {after[0]:.2f}")
         return "\n".join(lines)
+
+    def c_over_b(self, report: Report) -> str:
+        """(c) against the mean of (b) before and after it; a run that lost results has no
+        throughput to compare."""
+        if not all(w.complete for w in report.system.watches):
+            return "n/a (results missing)"
+        c = report.system.phase.urls_per_s
+        return (
+            f"{c / report.ceiling_urls_per_s:.2f} (against the mean of (b) before and after;"
+            f" {c / report.ceiling.urls_per_s:.2f} against (b) before,"
+            f" {c / report.ceiling_after.urls_per_s:.2f} after)"
+        )
 
     def details(self, system: SystemRun) -> str:
         results = system.phase.urls
