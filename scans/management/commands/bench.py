@@ -143,11 +143,12 @@ class Command(BaseCommand):
         throughput to compare."""
         if not all(w.complete for w in report.system.watches):
             return "n/a (results missing)"
+        # Three places: a run at 0.498 would read as 0.50 with two.
         c = report.system.phase.urls_per_s
         return (
-            f"{c / report.ceiling_urls_per_s:.2f} (against the mean of (b) before and after;"
-            f" {c / report.ceiling.urls_per_s:.2f} against (b) before,"
-            f" {c / report.ceiling_after.urls_per_s:.2f} after)"
+            f"{c / report.ceiling_urls_per_s:.3f} (against the mean of (b) before and after;"
+            f" {c / report.ceiling.urls_per_s:.3f} against (b) before,"
+            f" {c / report.ceiling_after.urls_per_s:.3f} after)"
         )
 
     def details(self, system: SystemRun) -> str:
