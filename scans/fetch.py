@@ -122,6 +122,12 @@ class BlockedAddress(OSError):
 # yarl); read here, the form checked 10,000 URLs in 14-42 ms, not 48-78 ms (docs/bench.md).
 _PLAIN_URL = re.compile(r"(https?)://([a-z0-9.-]+)(?::([0-9]{1,5}))?(?=[/?#]|\Z)", re.I | re.A)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A host name or address, maybe a port, then the path: a URL without its scheme, which
+# yarl reads as a scheme ("localhost:8080/page") or as a path ("example.com/page").
+_SCHEMELESS = re.compile(
+    r"(localhost|[a-z0-9-]+(\.[a-z0-9-]+)+)(:[0-9]{1,5})?(?=[/?#]|\Z)", re.I | re.A
+)
+NO_SCHEME = "only http:// and https:// URLs can be scanned: write one of them in front"
 
 
 def why_url_refused(url: str | URL, allowed_ports: frozenset[int] | None) -> str | None:
@@ -141,6 +147,8 @@ def why_url_refused(url: str | URL, allowed_ports: frozenset[int] | None) -> str
 
 
 def _why_text_refused(url: str, allowed_ports: frozenset[int] | None) -> str | None:
+    if _SCHEMELESS.match(url):
+        return NO_SCHEME
     # An empty user name ("http://@host/") too, which yarl drops without a word.
     try:
         if "@" in url and "@" in urlsplit(url).netloc:
@@ -154,8 +162,8 @@ def _why_text_refused(url: str, allowed_ports: frozenset[int] | None) -> str | N
 
 
 def _why_parsed_url_refused(url: URL, allowed_ports: frozenset[int] | None) -> str | None:
-    if not url.scheme and not url.raw_host:  # "example.com/page"
-        return "only http:// and https:// URLs can be scanned: write one of them in front"
+    if not url.scheme and not url.raw_host:
+        return "not a URL: a URL starts with http:// or https://"
     if url.scheme not in ("http", "https"):
         return "only http:// and https:// URLs can be scanned"
     host = url.raw_host

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.conf import settings
 
@@ -13,12 +15,43 @@ SHOWN_LINES = 20
 
 
 def _line_numbers(numbers: list[int]) -> str:
-    """``lines 2, 3 and 5``; past ten, ``lines 2, 3, …, 11 and 20 more``."""
+    """``lines 2, 3 and 5``; past eleven, ``lines 2, 3, …, 11 and 20 more`` ("and 1 more"
+    would take as long as the number)."""
     if len(numbers) == 1:
         return f"line {numbers[0]}"
-    named = [str(n) for n in numbers[:10]]
-    last = f"{len(numbers) - 10} more" if len(numbers) > 10 else named.pop()
+    named = [str(n) for n in numbers[:10]] if len(numbers) > 11 else [str(n) for n in numbers]
+    last = f"{len(numbers) - 10} more" if len(numbers) > 11 else named.pop()
     return f"lines {', '.join(named)} and {last}"
+
+
+# Marks people put around a URL in mail and in Markdown, dropped from a line.
+_WRAPPERS = ("<>", '""', "''")
+# A second URL on the line, after a space, a tab, a comma or a semicolon (one in a query,
+# after "=", is part of the first).
+_SECOND_URL = re.compile(r"[\s,;]https?://", re.I)
+_SPACE = re.compile(r"\s")
+
+
+def _unwrapped(line: str) -> str:
+    """The line, stripped, without the quotes or angle brackets around it."""
+    line = line.strip()
+    if len(line) > 2 and line[0] + line[-1] in _WRAPPERS:
+        return line[1:-1].strip()
+    return line
+
+
+def _not_one_url(url: str) -> str | None:
+    """Why ``url`` is not one URL: two pasted on one line (they would be fetched as one
+    URL, spaces and all)."""
+    if _SECOND_URL.search(url):
+        return "it holds more than one URL: put each on a line of its own"
+    return None
+
+
+def _spaced(url: str) -> str | None:
+    if _SPACE.search(url):
+        return "it has a space in it: write a space in a URL as %20"
+    return None
 
 
 def _not_text(url: str) -> str | None:
@@ -32,8 +65,10 @@ def _not_text(url: str) -> str | None:
 
 
 def parse_urls(text: str) -> list[str]:
-    """Non-blank lines, stripped; raises ValidationError naming every bad line."""
-    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    """Non-blank lines, stripped (and unwrapped: ``<URL>``, ``"URL"``); raises
+    ValidationError naming every bad line."""
+    lines = enumerate(text.splitlines(), 1)
+    numbered = [(n, _unwrapped(line)) for n, line in lines if line.strip()]
     if not numbered:
         raise forms.ValidationError(EMPTY_LIST)
     if len(numbered) > settings.SCANS_MAX_URLS:
@@ -41,7 +76,10 @@ def parse_urls(text: str) -> list[str]:
             f"{len(numbered)} URLs is more than the {settings.SCANS_MAX_URLS} a scan may hold."
         )
     ports = settings.SCANS_ALLOWED_PORTS  # read once: each read of a setting costs a lookup
-    refused = [(n, url, _not_text(url) or why_url_refused(url, ports)) for n, url in numbered]
+    refused = [
+        (n, url, _not_text(url) or _not_one_url(url) or why_url_refused(url, ports) or _spaced(url))
+        for n, url in numbered
+    ]
     refused = [(n, url, reason) for n, url, reason in refused if reason]
     if refused:
         shown, rest = refused[:SHOWN_LINES], refused[SHOWN_LINES:]

@@ -72,6 +72,17 @@ def test_bad_input_gets_json_errors_naming_the_problem(key):
         "Line 2" in m and "not a valid Unicode character" in m
         for m in response.json()["fields"]["urls"]
     )
+    # An item with a line break in it is two URLs, not one fetched with a space.
+    response = post_json(
+        api,
+        "/api/scans/",
+        {"urls": ["http://ok.example/", "http://a.example/\nhttp://b.example/"]},
+        **auth,
+    )
+    assert response.status_code == 400
+    assert any(
+        "Line 2" in m and "more than one URL" in m for m in response.json()["fields"]["urls"]
+    )
     response = post_json(
         api, "/api/scans/", {"urls": ["http://a.example/"], "concurrency": 0}, **auth
     )

@@ -8,6 +8,7 @@ import pytest
 from django.test import override_settings
 from django.urls import reverse
 
+from scans.fetch import NO_SCHEME
 from scans.models import Result, Scan
 
 pytestmark = pytest.mark.django_db
@@ -152,3 +153,55 @@ def test_a_single_bad_line_is_named_once(client):
     assert "Line 2: &#x27;example.com/page&#x27;: only http:// and https:// URLs" in response.text
     assert "write one of them in front" in response.text
     assert "Fix line" not in response.text
+
+
+@pytest.mark.parametrize("between", [" ", "\t", ",", ", ", ";"])
+def test_two_urls_on_one_line_are_refused_not_fetched_as_one(client, between):
+    urls = f"http://ok.example/\nhttp://a.example/x{between}http://b.example/y"
+    response = post(client, urls)
+    assert response.status_code == 400
+    assert "Line 2:" in response.text
+    assert "it holds more than one URL: put each on a line of its own" in response.text
+    assert not Scan.objects.exists()
+
+
+def test_a_url_in_angle_brackets_or_quotes_is_kept_without_them(client):
+    urls = "<http://a.example/x>\n\"http://b.example/y\"\n'http://c.example/z'\n" \
+        "http://d.example/login?next=http://e.example/"  # fmt: skip
+    assert post(client, urls).status_code == 302
+    assert list(Result.objects.order_by("position").values_list("url", flat=True)) == [
+        "http://a.example/x",
+        "http://b.example/y",
+        "http://c.example/z",
+        "http://d.example/login?next=http://e.example/",
+    ]
+
+
+def test_a_space_in_a_url_is_refused_with_how_to_write_it(client):
+    response = post(client, "http://a.example/my file.html")
+    assert response.status_code == 400
+    assert "it has a space in it: write a space in a URL as %20" in response.text
+    assert not Scan.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("127.0.0.1:8112/size/10", NO_SCHEME),
+        ("localhost:8080", NO_SCHEME),
+        ("www.example.com", NO_SCHEME),
+        ("hello", "not a URL: a URL starts with http:// or https://"),
+        ("hello world", "not a URL: a URL starts with http:// or https://"),
+    ],
+)
+def test_a_url_without_its_scheme_is_told_to_add_one_and_words_are_not_urls(client, line, reason):
+    response = post(client, line)
+    assert response.status_code == 400
+    assert f"Line 1: &#x27;{line}&#x27;: {reason}" in response.text
+
+
+def test_one_bad_line_past_the_shown_ones_is_named_not_counted(client):
+    urls = "\n".join(f"ftp://bad{i}.example/" for i in range(31))
+    response = post(client, urls)
+    assert "And 11 more: lines 21, 22, 23, 24, 25, 26, 27, 28, 29, 30 and 31." in response.text
+    assert "and 1 more" not in response.text
