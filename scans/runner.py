@@ -32,6 +32,7 @@ from scans import store
 from scans.announcer import Announcer
 from scans.fetch import Fetched, Fetcher, Limits
 from scans.loops import start_loop_thread
+from scans.models import Scan
 from scans.store import Claimed, ScanPlan
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,7 @@ class ScanRun:
         self.failing_since: float | None = None
         self.shared = False
         self.announcing: asyncio.Future | None = None
+        self.gone = False
         # Offsets are from the scan's start, wherever and whenever that was.
         self.scan_start = time.monotonic() - (time.time() - plan.started_epoch)
 
@@ -416,6 +418,14 @@ class ScanRun:
         batch, self.finished = self.finished, []
         try:
             message = await db(store.write_results, self.scan_id, self.runner.worker_id, batch)
+        except Scan.DoesNotExist:
+            # Deleted while it ran (in the admin), its rows with it: nothing to write, and
+            # the watcher stops the fetches at its next look.
+            if not self.gone:
+                log.info("scan %s was deleted while it ran: its results are dropped", self.scan_id)
+            self.gone = self.exhausted = True
+            self.queue.clear()
+            return
         except Exception:
             log.exception("worker %s could not write results", self.runner.worker_id)
             # Nothing of it was written: keep it for the next flush, for as long

@@ -469,8 +469,6 @@ def scans_with_work() -> list[uuid.UUID]:
 
 
 def cancelled_among(scan_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    return set(
-        Scan.objects.filter(pk__in=scan_ids)
-        .exclude(status__in=Scan.ACTIVE)
-        .values_list("id", flat=True)
-    )
+    """The scans of ``scan_ids`` that should stop: cancelled, ended, or deleted."""
+    active = Scan.objects.filter(pk__in=scan_ids, status__in=Scan.ACTIVE)
+    return set(scan_ids) - set(active.values_list("id", flat=True))

@@ -429,3 +429,43 @@ async def test_workers_share_a_scans_concurrency(slow_site, scale_env, make_serv
     rows = await result_rows(database_url, scan_id)
     late = rows[-30:]
     assert {r["fetched_by"] for r in late} == {w.worker_id for w in workers}
+
+
+async def delete_scan(database_url: str, scan_id: str) -> None:
+    """As the admin deletes a scan: its rows and its workers' places, then the scan."""
+    async with await psycopg.AsyncConnection.connect(database_url) as db, db.transaction():
+        for table, column in (("scans_result", "scan_id"), ("scans_scanworker", "scan_id"),
+                              ("scans_scan", "id")):  # fmt: skip
+            await db.execute(f"DELETE FROM {table} WHERE {column} = %s", (scan_id,))
+
+
+async def test_a_scan_deleted_while_it_runs_stops_its_fetches_quietly(
+    slow_site, scale_env, make_server, make_worker
+):
+    web_server = make_server(scale_env)
+    worker = make_worker(scale_env)
+    # Past the first pages, half end soon (their results come after the delete) and half
+    # never do (only stopping them ends them).
+    urls = [slow_site.url(100 + i, delay_ms=0) for i in range(3)]
+    urls += [slow_site.url(200 + i, delay_ms=300 if i % 2 else 600_000) for i in range(200)]
+    database_url = scale_env["DATABASE_URL"]
+
+    async def first_written() -> bool:
+        return sum(r["state"] == "ok" for r in await result_rows(database_url, scan_id)) >= 3
+
+    async def all_stopped() -> bool:
+        return slow_site.open == 0
+
+    async with Visitor(web_server.url) as visitor:
+        scan_id = await visitor.submit(urls, concurrency=5, timeout=100)
+        await wait_until(first_written, "the first pages should be written")
+        await delete_scan(database_url, scan_id)
+        begun_before = slow_site.started
+        await wait_until(all_stopped, "fetches of a deleted scan go on", timeout_s=10)
+        await asyncio.sleep(1)  # what a worker would still write and log
+
+    # The fetches under way were stopped, not left to their 100 s timeout, and the results
+    # that came in between were dropped without an error each time they were tried.
+    assert slow_site.started - begun_before < 50
+    log = worker.log_path.read_text()
+    assert "could not write results" not in log and "Traceback" not in log, log
