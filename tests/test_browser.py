@@ -269,18 +269,24 @@ def make_superuser(server) -> tuple[str, str]:
     return username, password
 
 
-def test_an_admin_finds_the_scan_and_its_results(page: Page, browser: Browser, server, target):
-    marker = uuid.uuid4().hex
-    urls = [target.url(f"/size/4321?marker={marker}"), target.url(f"/size/1234?marker={marker}")]
-    scan_id = submit(page, urls)
-    wait_for_status(page, "done")
-
+def admin_page(browser: Browser, server) -> Page:
+    """A page in a context of its own, logged in to the admin as a new superuser."""
     username, password = make_superuser(server)
     admin = browser.new_context(base_url=server.url).new_page()
     admin.goto("/admin/")
     admin.get_by_label("Username").fill(username)
     admin.get_by_label("Password").fill(password)
     admin.get_by_role("button", name="Log in").click()
+    return admin
+
+
+def test_an_admin_finds_the_scan_and_its_results(page: Page, browser: Browser, server, target):
+    marker = uuid.uuid4().hex
+    urls = [target.url(f"/size/4321?marker={marker}"), target.url(f"/size/1234?marker={marker}")]
+    scan_id = submit(page, urls)
+    wait_for_status(page, "done")
+
+    admin = admin_page(browser, server)
     admin.locator("#scans-scan").get_by_role("link", name="Scans").click()
     admin.locator("#searchbar").fill(marker)
     admin.locator("#changelist-search").get_by_role("button", name="Search").click()
@@ -376,6 +382,21 @@ def test_the_waterfall_draws_each_fetch_as_it_finishes(page: Page, target):
         }"""
     )
     assert labels == [[f"{t} ms", True] for t in range(0, 1001, 200)]
+    # A scan over in a millisecond or two is labelled in whole milliseconds.
+    small = page.evaluate(
+        """async () => {
+            const { Waterfall } = await import('/static/scans/waterfall.js');
+            const figure = document.querySelector('figure.waterfall').cloneNode(true);
+            document.body.append(figure);
+            const axis = figure.querySelector('[data-scan=axis]');
+            const waterfall = new Waterfall(figure.querySelector('svg'), axis, 1);
+            return [1, 3].map(span => {
+                waterfall.drawAxis(span);
+                return [...axis.children].map(label => label.textContent);
+            });
+        }"""
+    )
+    assert small == [["0 ms", "1 ms"], ["0 ms", "1 ms", "2 ms", "3 ms"]]
 
 
 SHOWN_POSITIONS = """() => [...document.querySelectorAll('tbody[data-scan=rows] tr')]
@@ -497,3 +518,28 @@ def test_a_slow_fetch_grows_its_waterfall_bar_while_it_runs(page: Page, target):
     wait_for_status(page, "done")
     expect(running).to_have_count(0)
     expect(page.locator("svg[data-scan=waterfall] g.fetch[data-position='1']")).to_have_count(1)
+
+
+def test_a_scan_deleted_in_the_admin_says_so_on_its_live_page(
+    page: Page, browser: Browser, server, target
+):
+    urls = [target.url(f"/size/100?delay_ms=20000&page={i}") for i in range(4)]
+    scan_id = submit(page, urls)
+    connection = page.locator("[data-scan=connection]")
+    expect(connection).to_have_text("live")
+
+    admin = admin_page(browser, server)
+    admin.goto(f"/admin/scans/scan/{scan_id}/delete/")
+    admin.get_by_role("button", name="Yes, I’m sure").click()
+    expect(admin.locator(".messagelist")).to_contain_text("was deleted successfully")
+    admin.context.close()
+
+    # Its socket closes when the page next asks for the scan; it then stops trying, and says why.
+    expect(connection).to_have_text("this scan is no longer available", timeout=20_000)
+    expect(page.locator("[data-scan=status]")).to_have_text("gone")
+    expect(page.get_by_role("button", name="Cancel scan")).to_have_count(0)
+    expect(page.get_by_role("button", name="Run again")).to_have_count(0)
+    wall_time = page.locator("[data-scan=elapsed]").text_content()
+    page.wait_for_timeout(500)
+    assert page.locator("[data-scan=elapsed]").text_content() == wall_time
+    screenshot(page, "live-page-scan-deleted")

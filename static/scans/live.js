@@ -18,6 +18,7 @@ let lastSeq = -1;
 let retries = 0;
 let scan = { status: root.dataset.status, started: root.dataset.started || null, done: 0 };
 let finished = ["done", "cancelled"].includes(scan.status);
+let gone = false; // deleted, or no longer this visitor's
 let frame = 0;
 let waterfallDrawnAt = -Infinity;
 let waterfallStale = true;
@@ -130,17 +131,37 @@ function setConnection(text) {
   el("connection").textContent = text;
 }
 
+// A socket refused before it opened: the scan may have been deleted (or its owner logged
+// out). The page itself says which; a server that is down says nothing, and is tried again.
+async function stopIfGone() {
+  try {
+    const response = await fetch(location.pathname, { method: "HEAD" });
+    if (response.status !== 404) return;
+  } catch {
+    return;
+  }
+  gone = finished = true;
+  el("status").textContent = "gone";
+  el("status").className = "badge status-gone";
+  el("cancel")?.remove();
+  el("again").remove();
+  el("connection").textContent = "this scan is no longer available";
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   socket = new WebSocket(`${scheme}//${location.host}${root.dataset.socketPath}`);
+  let opened = false;
   socket.addEventListener("open", () => {
+    opened = true;
     retries = 0;
     setConnection("live");
   });
   socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
-  socket.addEventListener("close", () => {
+  socket.addEventListener("close", async () => {
+    if (!opened && !finished) await stopIfGone();
     if (finished) {
-      setConnection("");
+      if (!gone) setConnection("");
       return;
     }
     retries += 1;

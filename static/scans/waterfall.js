@@ -119,7 +119,8 @@ export class Waterfall {
   }
 
   drawAxis(span) {
-    const step = niceStep(span / TICKS);
+    // Whole milliseconds: a fifth of a 1 ms axis would add up to 0.6000000000000001.
+    const step = niceStep(Math.max(1, span / TICKS));
     const lines = [];
     const labels = [];
     for (let t = 0; t <= span; t += step) {
