@@ -9,13 +9,19 @@ from django.views.decorators.http import require_POST
 
 from scans.models import ApiToken
 
+# Where a new token's key waits, in the session, for the page that shows it once.
+NEW_KEY = "new_token_key"
+
 
 @login_required
 def account(request: HttpRequest) -> HttpResponse:
-    new_key = None
+    """Creates a token on POST, then redirects, so that reloading the page that shows its
+    key does not create another."""
     if request.method == "POST":
         name = request.POST.get("name", "").strip()[:100] or "API token"
-        _, new_key = ApiToken.issue(request.user, name)
+        _, request.session[NEW_KEY] = ApiToken.issue(request.user, name)
+        return redirect("scans:account")
+    new_key = request.session.pop(NEW_KEY, None)
     tokens = request.user.api_tokens.all()
     return render(request, "scans/account.html", {"tokens": tokens, "new_key": new_key})
 
