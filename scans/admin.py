@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db.models import F
 from django.http import HttpResponse
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
@@ -90,7 +91,7 @@ class ScanAdmin(admin.ModelAdmin):
     def owner_name(self, scan: Scan) -> str:
         return scan.owner.get_username() if scan.owner else "anonymous visitor"
 
-    @admin.display(description="done", ordering="done")
+    @admin.display(description="done", ordering=F("done") - F("cancelled_rows"))
     def fetched(self, scan: Scan) -> str:
         """As the live page counts: a cancelled scan's unfetched rows are not done."""
         if not scan.cancelled_rows:

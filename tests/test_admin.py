@@ -6,6 +6,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from scans.admin import ScanAdmin
 from scans.models import Result, Scan
 
 pytestmark = pytest.mark.django_db
@@ -88,6 +89,20 @@ def test_a_cancelled_scan_counts_what_was_fetched_as_the_live_page_does(admin_cl
     assert '<td class="field-fetched">1 (1 cancelled)</td>' in listed
     page = admin_client.get(f"/admin/scans/scan/{scan.id}/change/").text
     assert "1 (1 cancelled)" in page and "(cancelled, of 2)" in page
+
+
+def test_the_done_column_sorts_by_what_it_shows(admin_client):
+    # 1 fetched and 2 cancelled (3 done, as the scan counts), against 2 fetched of 2.
+    cancelled = make_scan(["http://a.example/", "http://b.example/", "http://c.example/"])
+    Result.objects.filter(scan=cancelled, position__gt=0).update(state="error", error="cancelled")
+    Scan.objects.filter(pk=cancelled.id).update(status=Scan.CANCELLED, done=3)
+    done = make_scan(["http://d.example/", "http://e.example/"])
+    Scan.objects.filter(pk=done.id).update(done=2)
+    links = [f"/admin/scans/scan/{scan.id}/change/" for scan in (cancelled, done)]
+    column = 1 + ScanAdmin.list_display.index("fetched")  # after the action checkbox
+    for order, first, second in ((column, *links), (-column, *reversed(links))):
+        listed = admin_client.get(f"/admin/scans/scan/?o={order}").text
+        assert listed.index(first) < listed.index(second), order
 
 
 def test_scans_are_read_only_and_export_as_csv(admin_client):
