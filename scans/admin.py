@@ -22,7 +22,7 @@ class ResultInline(admin.TabularInline):
         "ttfb_ms",
         "elapsed_ms",
         "redirected_to",
-        "error",
+        "error_class",
         "error_message",
     )
     readonly_fields = fields
@@ -45,6 +45,11 @@ class ResultInline(admin.TabularInline):
     @admin.display(description="redirected to")
     def redirected_to(self, result: Result) -> str:
         return result.final_url if result.redirects else ""
+
+    @admin.display(description="error")
+    def error_class(self, result: Result) -> str:
+        """In the live page's words ("connection failed", not "connect")."""
+        return result.error_label if result.error else ""
 
 
 def _count(n: int | None) -> str:
@@ -76,6 +81,7 @@ class ScanAdmin(admin.ModelAdmin):
         "fetched",
         "total_size",
         "sum_of_times",
+        "duration",
         "created",
         "started",
         "finished",

@@ -80,7 +80,8 @@ class Scan(models.Model):
 
 
 # The error classes people read on the page, where the API's names read poorly.
-ERROR_LABELS = {"dns": "DNS", "tls": "TLS", "connect": "no connection", "other": "error"}
+# "connect" is a connection refused, or one closed or reset before the answer was whole.
+ERROR_LABELS = {"dns": "DNS", "tls": "TLS", "connect": "connection failed", "other": "error"}
 
 
 class Result(models.Model):

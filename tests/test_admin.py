@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -54,8 +56,11 @@ def test_it_searches_by_url_and_filters_by_status(admin_client):
 def test_a_scan_shows_its_results_read_only_with_exact_bytes(admin_client):
     scan = make_scan(["http://a.example/", "http://b.example/"])
     Scan.objects.filter(pk=scan.id).update(total_bytes=2_469_135, sum_ms=322475.0000000001)
+    Result.objects.filter(scan=scan, position=1).update(state="error", error="connect", size=None)
     page = admin_client.get(f"/admin/scans/scan/{scan.id}/change/").text
-    assert "1,234,567" in page and "1,234,568" in page
+    # The error class in the live page's words.
+    assert re.search(r'field-error_class">\s*<p>connection failed</p>', page)
+    assert "1,234,567" in page
     assert 'name="results-0-size"' not in page
     # The scan's figures read as on the live page, without a float's noise.
     assert "2,469,135 bytes (2.4\xa0MB)" in page and "322,475.0 ms" in page

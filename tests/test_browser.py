@@ -543,3 +543,11 @@ def test_a_scan_deleted_in_the_admin_says_so_on_its_live_page(
     page.wait_for_timeout(500)
     assert page.locator("[data-scan=elapsed]").text_content() == wall_time
     screenshot(page, "live-page-scan-deleted")
+
+
+def test_a_scan_of_one_url_shows_no_speedup(page: Page, target):
+    submit(page, [target.url("/size/10")])
+    wait_for_status(page, "done")
+    # One fetch has nothing to be compared with: its time and the scan's differ by overhead.
+    expect(page.locator("[data-scan=speedup]")).to_have_text("–")
+    expect(page.locator("[data-scan=elapsed]")).to_contain_text("ms")

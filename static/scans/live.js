@@ -90,7 +90,8 @@ function updateScan(next) {
 function tick() {
   const elapsed = elapsedMs();
   el("elapsed").textContent = elapsed === null ? "–" : ms(elapsed);
-  if (finished && scan.wall_ms) {
+  // Of one URL there is nothing to compare: its time and the scan's differ by overhead.
+  if (finished && scan.wall_ms && scan.total > 1) {
     const ratio = scan.sum_ms / scan.wall_ms;
     el("speedup").textContent = `${ratio.toFixed(ratio < 1 ? 2 : 1)}×`;
   }
