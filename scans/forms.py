@@ -19,9 +19,11 @@ def _line_numbers(numbers: list[int]) -> str:
     would take as long as the number)."""
     if len(numbers) == 1:
         return f"line {numbers[0]}"
-    named = [str(n) for n in numbers[:10]] if len(numbers) > 11 else [str(n) for n in numbers]
-    last = f"{len(numbers) - 10} more" if len(numbers) > 11 else named.pop()
-    return f"lines {', '.join(named)} and {last}"
+    if len(numbers) > 11:
+        named, last = numbers[:10], f"{len(numbers) - 10} more"
+    else:
+        *named, last = numbers
+    return f"lines {', '.join(map(str, named))} and {last}"
 
 
 # Marks people put around a URL in mail and in Markdown, dropped from a line.

@@ -68,8 +68,7 @@ function updateScan(next) {
   // Messages from several workers may arrive out of order: never count backwards.
   const done = Math.max(next.done, scan.done);
   scan = { ...next, done };
-  el("status").textContent = scan.status;
-  el("status").className = `badge status-${scan.status}`;
+  showStatus(scan.status);
   // A cancel counts the rows it ended as done; the page counts what was fetched.
   const cancelled = table.cancelled.size;
   const fetched = done - cancelled;
@@ -128,6 +127,11 @@ function handle(message) {
   root.dataset.status = scan.status;
 }
 
+function showStatus(status) {
+  el("status").textContent = status;
+  el("status").className = `badge status-${status}`;
+}
+
 function setConnection(text) {
   el("connection").textContent = text;
 }
@@ -142,11 +146,10 @@ async function stopIfGone() {
     return;
   }
   gone = finished = true;
-  el("status").textContent = "gone";
-  el("status").className = "badge status-gone";
+  showStatus("gone");
   el("cancel")?.remove();
   el("again").remove();
-  el("connection").textContent = "this scan is no longer available";
+  setConnection("this scan is no longer available");
 }
 
 function connect() {
