@@ -190,6 +190,16 @@ def cpu_s(pid: int) -> float | None:
     return None
 
 
+def children_of(pid: int) -> list[int]:
+    """The process's child processes, whichever of its threads started them."""
+    children = []
+    with suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with suppress(OSError):
+                children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
 def thread_cpu_s(pid: int) -> dict[int, float]:
     """CPU time so far of each of the process's threads, by native thread id."""
     used = {}
@@ -466,9 +476,9 @@ class Project:
             except Exception as e:  # noqa: BLE001 - a diagnosis goes on without one query
                 lines.append(f"failed: {e}")
         py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
-        for name, process in self.processes.items() if py_spy else ():
+        for name, pid in self.pids().items() if py_spy else ():
             dump = subprocess.run(
-                [py_spy, "dump", "--pid", str(process.pid)], capture_output=True, text=True
+                [py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True
             )
             lines += ["", f"py-spy dump of {name}", dump.stdout, dump.stderr]
         (self.workdir / "stall.txt").write_text("\n".join(lines))
@@ -495,21 +505,30 @@ class Project:
             counts[name] = Counter(json.loads(path.read_text())) if path.exists() else Counter()
         return counts
 
+    def pids(self) -> dict[str, int]:
+        """The project's processes, and the fetch process each started (``web fetches``)."""
+        pids = {}
+        for name, process in self.processes.items():
+            pids[name] = process.pid
+            for child in children_of(process.pid):
+                pids[f"{name} fetches"] = child
+        return pids
+
     def peak_rss_mb(self) -> dict[str, float | None]:
-        return {name: peak_rss_mb(p.pid) for name, p in self.processes.items()}
+        return {name: peak_rss_mb(pid) for name, pid in self.pids().items()}
 
     def cpu_s(self) -> dict[str, float | None]:
-        return {name: cpu_s(p.pid) for name, p in self.processes.items()}
+        return {name: cpu_s(pid) for name, pid in self.pids().items()}
 
     def thread_cpu_s(self) -> dict[str, dict[str, float]]:
         """CPU so far of each project process's threads, by the names Python gave them."""
         used = {}
-        for name, process in self.processes.items():
+        for name, pid in self.pids().items():
             path = self.workdir / f"{name}.threads.json"
             names = json.loads(path.read_text()) if path.exists() else {}
-            names.setdefault(str(process.pid), "MainThread")
+            names.setdefault(str(pid), "MainThread")
             by_name: Counter[str] = Counter()
-            for tid, s in thread_cpu_s(process.pid).items():
+            for tid, s in thread_cpu_s(pid).items():
                 by_name[names.get(str(tid), f"thread {tid}")] += s  # names may repeat
             used[name] = dict(by_name)
         return used
@@ -521,11 +540,12 @@ class Profiler:
     def __init__(self, project: Project):
         py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
         self.processes = []
-        for name, process in project.processes.items():
-            output = project.workdir / f"{name}.py-spy.txt"
-            command = [py_spy, "record", "--pid", str(process.pid), "--rate", "250", "--threads"]
+        for name, pid in project.pids().items():
+            file = name.replace(" ", "-")
+            output = project.workdir / f"{file}.py-spy.txt"
+            command = [py_spy, "record", "--pid", str(pid), "--rate", "250", "--threads"]
             command += ["--nonblocking", "--format", "raw", "--output", str(output)]
-            with open(project.workdir / f"{name}.py-spy.log", "ab") as log:
+            with open(project.workdir / f"{file}.py-spy.log", "ab") as log:
                 self.processes.append(subprocess.Popen(command, stdout=log, stderr=log))
         time.sleep(1)  # py-spy takes a moment to attach.
 

@@ -31,6 +31,7 @@ from django.db import InterfaceError, OperationalError, connection
 from scans import store
 from scans.announcer import Announcer
 from scans.fetch import Fetched, Fetcher, Limits
+from scans.fetch_process import FetchProcess
 from scans.loops import start_loop_thread
 from scans.models import Scan
 from scans.store import Claimed, ScanPlan
@@ -98,7 +99,7 @@ class Runner:
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.gate: asyncio.Semaphore | None = None
-        self._fetcher: Fetcher | None = None
+        self._fetcher: Fetcher | FetchProcess | None = None
         self._chores: list[asyncio.Task] = []
         self.announcer: Announcer | None = None
         self._thread: threading.Thread | None = None  # set when started beside a web server
@@ -110,7 +111,8 @@ class Runner:
             return
         self.loop = asyncio.get_running_loop()
         self.gate = asyncio.Semaphore(settings.SCANS_WORKER_MAX_FETCHES)
-        self._fetcher = Fetcher(limits_from_settings())
+        fetcher = FetchProcess if settings.SCANS_FETCH_IN_CHILD else Fetcher
+        self._fetcher = fetcher(limits_from_settings())
         self.announcer = announcer or Announcer.for_this_process()
         self._chores = [
             spawn(self._fetcher_open()),

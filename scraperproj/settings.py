@@ -205,6 +205,8 @@ LOGGING = {
 }
 # Without Redis the in-memory layer cannot reach another process: the web process fetches.
 SCANS_RUN_IN_WEB = envbool("SCANS_RUN_IN_WEB", "0" if REDIS_URL else "1")
+# There, the fetches run in a child process, on the other core (scans/fetch_process.py).
+SCANS_FETCH_IN_CHILD = envbool("SCANS_FETCH_IN_CHILD", "1" if SCANS_RUN_IN_WEB else "0")
 # How often a scan's finished results are written and announced. A web process that fetches
 # pays for each write in the time it fetches (one GIL); a worker's writes cost PostgreSQL
 # more than itself, and results wait less. 40 ms in a worker: at 25 ms the writes of two
