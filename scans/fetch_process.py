@@ -165,6 +165,7 @@ class _Child:
 
     def __init__(self) -> None:
         self.fetcher: Fetcher | None = None
+        self.opened: asyncio.Future | None = None  # the fetcher's session, once its limits came
         self.tasks: dict[int, asyncio.Task] = {}
         self.frames = _Frames(self._received, self._parent_gone)
         self.ended = asyncio.get_running_loop().create_future()
