@@ -510,8 +510,8 @@ class Project:
         pids = {}
         for name, process in self.processes.items():
             pids[name] = process.pid
-            for child in children_of(process.pid):
-                pids[f"{name} fetches"] = child
+            for number, child in enumerate(children_of(process.pid), start=1):
+                pids[f"{name} fetches" + (f" {number}" if number > 1 else "")] = child
         return pids
 
     def peak_rss_mb(self) -> dict[str, float | None]:

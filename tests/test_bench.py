@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -26,6 +28,9 @@ def bench(*options: str) -> str:
     assert re.search(r"3 of 3 received every result; \d+ duplicates, 0 errors or wrong", run.stdout)
     latency = re.search(r"p50 (\d+) ms\s+p95 (\d+) ms\s+p99 (\d+) ms", run.stdout)
     assert latency, run.stdout
+    # How full the scan kept its concurrency: its fetches' time over its wall time.
+    under_way = re.search(r"(\d+) fetches under way on average, of 100\n", run.stdout)
+    assert under_way and 1 <= int(under_way.group(1)) <= 100, run.stdout
     # How busy the whole machine was while the system ran.
     busy = re.search(r"machine\s+([\d.]+) of ([\d.]+) core-seconds busy", run.stdout)
     assert busy and 0 < float(busy.group(1)) <= float(busy.group(2)), run.stdout
@@ -59,3 +64,24 @@ def test_the_benchmark_runs_on_redis_and_postgresql_with_workers():
     assert "worker-1 by thread" in report and "worker-2 by thread" in report, report
     assert re.search(r"worker-\d by thread\s+MainThread [\d.]+", report), report
     assert re.search(r"CPU during \(c\).*postgres [\d.]+ s, redis [\d.]+ s", report), report
+
+
+def test_each_fetch_process_of_a_project_process_is_reported_apart(tmp_path):
+    """A second child (a fetch process started again after the first died) gets a name of
+    its own, so that its CPU and memory are not taken for the first one's."""
+    from scans.benchmark import Options, Project
+
+    spawner = "import subprocess, time; [subprocess.Popen(['sleep', '30']) for _ in '12']; "
+    spawner += "print('ready', flush=True); time.sleep(30)"
+    web = subprocess.Popen([sys.executable, "-c", spawner], stdout=subprocess.PIPE, text=True)
+    project = Project(Options(), tmp_path)
+    project.processes["web"] = web
+    try:
+        assert web.stdout.readline() == "ready\n"
+        pids = project.pids()
+        assert sorted(pids) == ["web", "web fetches", "web fetches 2"]
+        assert len(set(pids.values())) == 3
+    finally:
+        for pid in project.pids().values():
+            os.kill(pid, signal.SIGKILL)
+        web.wait()

@@ -160,7 +160,8 @@ class Command(BaseCommand):
         lines = [
             "\n(c) in detail",
             f"  submit (form POST to redirect)  {system.submit_s:.2f} s",
-            f"  scan, by its own clock          {(scan.get('wall_ms') or 0) / 1000:.2f} s",
+            f"  scan, by its own clock          {(scan.get('wall_ms') or 0) / 1000:.2f} s;"
+            f" {self.under_way(scan)} fetches under way on average, of {scan.get('concurrency')}",
             "  completion to socket            "
             + "  ".join(f"p{p} {percentile(latencies, p):.0f} ms" for p in (50, 95, 99))
             + f"  (max {max(latencies, default=float('nan')):.0f} ms;"
@@ -181,6 +182,12 @@ class Command(BaseCommand):
             f" in {system.workdir}",
         ]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def under_way(scan: dict) -> str:
+        """The scan's fetch time over its wall time: how full its concurrency was kept."""
+        wall_ms = scan.get("wall_ms") or 0
+        return f"{scan.get('sum_ms', 0) / wall_ms:.0f}" if wall_ms else "–"
 
     def machine_line(self, system: SystemRun) -> str:
         busy, total = system.machine_s
