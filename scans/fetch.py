@@ -24,7 +24,7 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
@@ -336,6 +336,9 @@ def classify(exc: BaseException, limits: Limits) -> tuple[str, str]:
 
 
 _Origin = tuple[str, str | None, int | None]
+# Told of a fetch that waits for its host: None as it starts waiting, then its start (ms
+# from the scan's start) once it is under way.
+UnderWay = Callable[[float | None], None]
 
 
 class _HostGate:
@@ -540,22 +543,36 @@ class Fetcher:
             raise BlockedAddress(reason)
         return socket.socket(family, type_, proto)
 
-    async def fetch(self, url: str, scan_start: float, timeout_s: float | None = None) -> Fetched:
+    async def fetch(
+        self,
+        url: str,
+        scan_start: float,
+        timeout_s: float | None = None,
+        waits: UnderWay | None = None,
+    ) -> Fetched:
         """Fetches ``url``; ``scan_start`` is the ``time.monotonic()`` the scan began.
 
         Waiting for a free connection to the host comes first and counts
-        toward neither the deadline nor the timings.
+        toward neither the deadline nor the timings. When the fetch has to wait,
+        ``waits(None)`` is called before, and ``waits(start_ms)`` once it is under way.
         """
         first = _parse(url)
-        async with self._host_gates.slot(_origin(first)):
+        gate = self._host_gates.slot(_origin(first))
+        waiting = waits is not None and not gate.free
+        if waiting:
+            waits(None)
+        async with gate:
+            started = time.monotonic()
+            result = Fetched(url=url, start_ms=_ms(started - scan_start))
+            if waiting:
+                waits(result.start_ms)
             timeout_s = timeout_s or self.limits.timeout_s
-            return await self._fetch_timed(url, first, scan_start, timeout_s)
+            return await self._fetch_timed(result, first, started, timeout_s)
 
     async def _fetch_timed(
-        self, url: str, first: URL | None, scan_start: float, timeout_s: float
+        self, result: Fetched, first: URL | None, started: float, timeout_s: float
     ) -> Fetched:
-        started = time.monotonic()
-        result = Fetched(url=url, start_ms=_ms(started - scan_start))
+        url = result.url
         deadline = asyncio.timeout(None)
         try:
             async with deadline:

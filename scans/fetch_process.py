@@ -3,7 +3,8 @@
 The web process's embedded runner shares one GIL with the pages, the sockets and
 the database writes; a hundred fetches at once kept that one core busy alone. Here
 the parent sends each URL over a socket pair to a child that runs a ``Fetcher``,
-and gets its ``Fetched`` back: both ways, what a loop's turn gathered goes as one
+and gets its ``Fetched`` back (and, for a fetch that waits for its host, word of the
+wait and of its start): both ways, what a loop's turn gathered goes as one
 frame (a 4-byte length, then a pickled list), so a URL costs the parent a few
 microseconds, not an aiohttp request.
 
@@ -16,7 +17,9 @@ the scan's run: its rows go back and are fetched again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -24,9 +27,12 @@ import socket
 import struct
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 
-from scans.fetch import Fetched, Fetcher, Limits
+from scans.fetch import Fetched, Fetcher, Limits, UnderWay
+
+log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!I")
 
@@ -86,12 +92,19 @@ class FetchProcess:
         self._child: subprocess.Popen | None = None
         self._frames: _Frames | None = None
         self._pending: dict[int, asyncio.Future[Fetched]] = {}
+        self._waits: dict[int, UnderWay] = {}
         self._ids = itertools.count()
         self._starting: asyncio.Lock | None = None
+        self._reaping: set[asyncio.Future] = set()
 
     async def __aenter__(self) -> FetchProcess:
+        """Starts the child now, so that the first fetch does not wait for it; if it cannot
+        start, the first fetch tries again."""
         self._starting = asyncio.Lock()
-        await self._ensure_child()
+        try:
+            await self._ensure_child()
+        except OSError:
+            log.exception("could not start the fetch process: the next fetch tries again")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -100,24 +113,36 @@ class FetchProcess:
             self._frames.transport.close()  # the child sees the end, and exits
         if child is not None:
             await asyncio.to_thread(_wait_or_kill, child)
+        if self._reaping:
+            await asyncio.gather(*self._reaping)
 
     @property
     def pid(self) -> int | None:
         """The child's process id; None before it started."""
         return None if self._child is None else self._child.pid
 
-    async def fetch(self, url: str, scan_start: float, timeout_s: float | None = None) -> Fetched:
+    async def fetch(
+        self,
+        url: str,
+        scan_start: float,
+        timeout_s: float | None = None,
+        waits: UnderWay | None = None,
+    ) -> Fetched:
         frames = await self._ensure_child()
         fetch_id = next(self._ids)
         done = asyncio.get_running_loop().create_future()
         self._pending[fetch_id] = done
-        frames.send((fetch_id, url, scan_start, timeout_s))
+        if waits is not None:
+            self._waits[fetch_id] = waits
+        frames.send((fetch_id, url, scan_start, timeout_s, waits is not None))
         try:
             return await done
         except asyncio.CancelledError:
             if self._pending.pop(fetch_id, None) is not None and frames.transport is not None:
-                frames.send((fetch_id, None, None, None))  # the child stops fetching it
+                frames.send((fetch_id, None, None, None, False))  # the child stops fetching it
             raise
+        finally:
+            self._waits.pop(fetch_id, None)
 
     async def _ensure_child(self) -> _Frames:
         if self._frames is not None and self._frames.transport is not None:
@@ -141,11 +166,21 @@ class FetchProcess:
 
     def _finished(self, items: list) -> None:
         for fetch_id, fetched in items:
+            if not isinstance(fetched, Fetched):  # the fetch waits for its host, or no longer
+                waits = self._waits.get(fetch_id)
+                if waits is not None:
+                    waits(fetched)
+                continue
             done = self._pending.pop(fetch_id, None)
             if done is not None and not done.done():
                 done.set_result(fetched)
 
     def _child_gone(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:  # reaped at once, not left a zombie until the next start
+            reaping = asyncio.ensure_future(asyncio.to_thread(_wait_or_kill, child))
+            self._reaping.add(reaping)
+            reaping.add_done_callback(self._reaping.discard)
         pending, self._pending = self._pending, {}
         for done in pending.values():
             if not done.done():
@@ -176,26 +211,34 @@ class _Child:
                 self.fetcher = Fetcher(item)
                 self.opened = asyncio.ensure_future(self.fetcher.__aenter__())
                 continue
-            fetch_id, url, scan_start, timeout_s = item
+            fetch_id, url, scan_start, timeout_s, tell_waits = item
             if url is None:
                 task = self.tasks.pop(fetch_id, None)
                 if task is not None:
                     task.cancel()
                 continue
-            task = asyncio.ensure_future(self._fetch(url, scan_start, timeout_s))
+            waits = functools.partial(self._tell_waits, fetch_id) if tell_waits else None
+            task = asyncio.ensure_future(self._fetch(url, scan_start, timeout_s, waits))
             self.tasks[fetch_id] = task
             task.add_done_callback(lambda t, i=fetch_id: self._send(i, t))
 
-    async def _fetch(self, url: str, scan_start: float, timeout_s: float | None) -> Fetched:
-        await self.opened
-        return await self.fetcher.fetch(url, scan_start, timeout_s)
+    async def _fetch(
+        self, url: str, scan_start: float, timeout_s: float | None, waits: UnderWay | None
+    ) -> Fetched:
+        await asyncio.shield(self.opened)  # one fetch cancelled must not cancel the session
+        return await self.fetcher.fetch(url, scan_start, timeout_s, waits)
+
+    def _tell_waits(self, fetch_id: int, start_ms: float | None) -> None:
+        self.frames.send((fetch_id, start_ms))
 
     def _send(self, fetch_id: int, task: asyncio.Task) -> None:
         if self.tasks.pop(fetch_id, None) is None or task.cancelled():
             return
         error = task.exception()
         if error is not None:  # a bug of ours: the parent's fetch fails as a crash would
-            self.frames.transport.close()
+            traceback.print_exception(error)  # to the parent's error output, its log
+            if self.frames.transport is not None:
+                self.frames.transport.close()
             return
         self.frames.send((fetch_id, task.result()))
 
@@ -216,7 +259,9 @@ async def _serve(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    # Ctrl+C reaches the whole process group: the parent decides when this ends, by
-    # closing its end of the socket (as it does, too, when it dies).
+    # Ctrl+C, and a service manager's SIGTERM, reach the whole process group: the parent
+    # decides when this ends, by closing its end of the socket (as it does, too, when it
+    # dies), after its fetches under way have ended or been handed back.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     asyncio.run(_serve(int(sys.argv[1])))

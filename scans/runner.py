@@ -337,11 +337,24 @@ class ScanRun:
                     error_message=f"gave up: {claimed.attempts - 1} workers stopped fetching it",
                 )
             else:
+                position = claimed.position
                 async with self.runner.gate:
-                    self.fetching[claimed.position] = _ms_since(self.scan_start)
-                    fetched = await fetcher.fetch(claimed.url, self.scan_start, self.plan.timeout_s)
-                    del self.fetching[claimed.position]
+                    self.fetching[position] = _ms_since(self.scan_start)
+                    waits = functools.partial(self._under_way, position)
+                    try:
+                        fetched = await fetcher.fetch(
+                            claimed.url, self.scan_start, self.plan.timeout_s, waits
+                        )
+                    finally:
+                        self.fetching.pop(position, None)
             self.finished.append((claimed, fetched))
+
+    def _under_way(self, position: int, start_ms: float | None) -> None:
+        """A fetch waiting for its host is not under way, and not shown as such."""
+        if start_ms is None:
+            self.fetching.pop(position, None)
+        else:
+            self.fetching[position] = start_ms
 
     async def _next(self) -> Claimed | None:
         """The next row to fetch. Claims the next batch while half of this one is still

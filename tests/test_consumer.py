@@ -219,3 +219,30 @@ async def test_progress_carries_the_fetches_under_way(target, runner):
     under_way = dict(first_progress["fetching"])
     assert set(under_way) == {1} and 0 <= under_way[1] < 1000
     assert messages[-1]["fetching"] == []
+
+
+@pytest.mark.parametrize("in_child", [True, False], ids=["fetch process", "in process"])
+async def test_a_fetch_waiting_for_its_site_is_not_shown_under_way(
+    target, runner, settings, in_child
+):
+    """Three pages of one site, one at a time from it: the page shows one bar growing, not
+    three. The two that wait get theirs once they start, from where they started."""
+    settings.SCANS_FETCH_IN_CHILD = in_child
+    settings.SCANS_PER_HOST_LIMIT = 1
+    urls = [target.url(f"/size/{n}?delay_ms=700") for n in (1, 2, 3)]
+    scan = await make_scan(urls)  # 5 at once, but one at a time from the site
+    ws = communicator(scan.id, await session_cookie("visitor-1"))
+    await ws.connect()
+    runner.start(scan.id)
+    messages = await receive_until_done(ws, len(urls))
+    await ws.disconnect()
+    progress = [m for m in messages if m["type"] == "progress"]
+    first_done, second_done = progress[0], progress[1]
+    assert [r["position"] for r in first_done["results"]] == [0]
+    # One fetch under way beside the first result, started about when the first ended.
+    under_way = dict(first_done["fetching"])
+    assert len(under_way) == 1, first_done["fetching"]
+    (position, start_ms), finished = under_way.popitem(), first_done["results"][0]
+    first_end_ms = finished["start_ms"] + finished["elapsed_ms"]
+    assert position in (1, 2) and first_end_ms - 50 <= start_ms <= first_end_ms + 200
+    assert len(second_done["fetching"]) == 1

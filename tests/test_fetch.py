@@ -144,6 +144,23 @@ async def test_the_fetcher_keeps_no_gate_for_hosts_it_is_done_with(target):
         assert len(fetcher._host_gates) == 0
 
 
+async def test_a_fetch_that_waits_for_its_host_says_so_and_when_it_starts(target):
+    told: dict[str, list] = {"first": [], "second": []}
+    async with Fetcher(replace(LOOPBACK, per_host=1)) as fetcher:
+        scan_start = time.monotonic()
+        url = target.url("/size/1?delay_ms=200")
+        first, second = await asyncio.gather(
+            fetcher.fetch(url, scan_start, waits=told["first"].append),
+            fetcher.fetch(url, scan_start, waits=told["second"].append),
+        )
+    # The first had its slot at once: nothing to tell.
+    assert told["first"] == []
+    assert told["second"][0] is None and len(told["second"]) == 2
+    # It starts as the first ends, and that is the start its result shows.
+    assert told["second"][1] == second.start_ms
+    assert first.start_ms + first.elapsed_ms <= second.start_ms < first.start_ms + 400
+
+
 async def test_a_fetch_cancelled_while_it_waits_for_its_host_leaves_no_slot_behind(target):
     async with Fetcher(replace(LOOPBACK, per_host=1)) as fetcher:
         first = asyncio.create_task(fetcher.fetch(target.url("/size/1?delay_ms=300"), 0))

@@ -100,19 +100,53 @@ async def test_a_fetch_under_way_when_the_child_dies_fails_and_the_next_starts_a
         os.kill(first_pid, signal.SIGKILL)
         with pytest.raises(FetchProcessGone):
             await asyncio.wait_for(hanging, 20)
+        # Reaped at once, not left a zombie until the next fetch starts a new child.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{first_pid}").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not Path(f"/proc/{first_pid}").exists(), "the dead fetch process was not reaped"
         result = await child.fetch(target.url("/size/10"), time.monotonic())
         assert child.pid != first_pid
     assert (result.http_status, result.size) == (200, 10)
 
 
-async def test_ctrl_c_leaves_the_child_to_its_parent(target):
+async def test_a_child_that_cannot_start_is_started_again_by_the_next_fetch(target, monkeypatch):
+    from scans import fetch_process
+
+    real_popen, tries = fetch_process.subprocess.Popen, []
+
+    def popen_failing_once(*args, **kwargs):
+        tries.append(args)
+        if len(tries) == 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")  # fork's EAGAIN
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(fetch_process.subprocess, "Popen", popen_failing_once)
+    async with FetchProcess(LOOPBACK) as child:
+        assert child.pid is None
+        result = await child.fetch(target.url("/size/10"), time.monotonic())
+        assert child.pid is not None
+    assert (len(tries), result.size) == (2, 10)
+
+
+async def test_a_fetch_that_fails_in_the_child_is_logged_there_and_fails_here(target, capfd):
+    async with FetchProcess(LOOPBACK) as child:
+        with pytest.raises(FetchProcessGone):
+            await child.fetch(target.url("/size/1"), "not a time")
+        result = await child.fetch(target.url("/size/10"), time.monotonic())
+    assert result.size == 10
+    assert "TypeError" in capfd.readouterr().err  # the child's traceback, in the parent's log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl+C", "SIGTERM"])
+async def test_a_signal_to_the_whole_group_leaves_the_child_to_its_parent(target, signum):
     async with FetchProcess(LOOPBACK) as child:
         await child.fetch(target.url("/size/1"), time.monotonic())  # it is up and serving
         pid = child.pid
-        os.kill(pid, signal.SIGINT)  # as the terminal sends it to the whole group
+        os.kill(pid, signum)  # as a terminal or a service manager sends it to the whole group
         await asyncio.sleep(0.3)
         result = await child.fetch(target.url("/size/10"), time.monotonic())
-        assert child.pid == pid and not gone(pid), "Ctrl+C ended the fetch process"
+        assert child.pid == pid and not gone(pid), f"{signum.name} ended the fetch process"
     assert result.size == 10
     assert wait_until_gone(pid)  # closed by its parent
 
