@@ -118,7 +118,7 @@ class FetchProcess:
 
     @property
     def pid(self) -> int | None:
-        """The child's process id; None before it started."""
+        """The child's process id; None while none runs (before it starts, or after it died)."""
         return None if self._child is None else self._child.pid
 
     async def fetch(
@@ -128,6 +128,7 @@ class FetchProcess:
         timeout_s: float | None = None,
         waits: UnderWay | None = None,
     ) -> Fetched:
+        """``Fetcher.fetch``, in the child (started again first if it is not running)."""
         frames = await self._ensure_child()
         fetch_id = next(self._ids)
         done = asyncio.get_running_loop().create_future()
