@@ -91,8 +91,8 @@ class FetchProcess:
         self.limits = limits
         self._child: subprocess.Popen | None = None
         self._frames: _Frames | None = None
-        self._pending: dict[int, asyncio.Future[Fetched]] = {}
-        self._waits: dict[int, UnderWay] = {}
+        # Each fetch under way: its answer, and whom to tell if it waits for its host.
+        self._pending: dict[int, tuple[asyncio.Future[Fetched], UnderWay | None]] = {}
         self._ids = itertools.count()
         self._starting: asyncio.Lock | None = None
         self._reaping: set[asyncio.Future] = set()
@@ -132,9 +132,7 @@ class FetchProcess:
         frames = await self._ensure_child()
         fetch_id = next(self._ids)
         done = asyncio.get_running_loop().create_future()
-        self._pending[fetch_id] = done
-        if waits is not None:
-            self._waits[fetch_id] = waits
+        self._pending[fetch_id] = (done, waits)
         frames.send((fetch_id, url, scan_start, timeout_s, waits is not None))
         try:
             return await done
@@ -142,8 +140,6 @@ class FetchProcess:
             if self._pending.pop(fetch_id, None) is not None and frames.transport is not None:
                 frames.send((fetch_id, None, None, None, False))  # the child stops fetching it
             raise
-        finally:
-            self._waits.pop(fetch_id, None)
 
     async def _ensure_child(self) -> _Frames:
         if self._frames is not None and self._frames.transport is not None:
@@ -168,11 +164,11 @@ class FetchProcess:
     def _finished(self, items: list) -> None:
         for fetch_id, fetched in items:
             if not isinstance(fetched, Fetched):  # the fetch waits for its host, or no longer
-                waits = self._waits.get(fetch_id)
+                _, waits = self._pending.get(fetch_id, (None, None))
                 if waits is not None:
                     waits(fetched)
                 continue
-            done = self._pending.pop(fetch_id, None)
+            done, _ = self._pending.pop(fetch_id, (None, None))
             if done is not None and not done.done():
                 done.set_result(fetched)
 
@@ -183,7 +179,7 @@ class FetchProcess:
             self._reaping.add(reaping)
             reaping.add_done_callback(self._reaping.discard)
         pending, self._pending = self._pending, {}
-        for done in pending.values():
+        for done, _ in pending.values():
             if not done.done():
                 done.set_exception(FetchProcessGone("the fetch process ended during the fetch"))
 

@@ -145,7 +145,7 @@ class Runner:
     async def _fetcher_open(self) -> None:
         await self._fetcher.__aenter__()
 
-    async def fetcher(self) -> Fetcher:
+    async def fetcher(self) -> Fetcher | FetchProcess:
         await self._chores[0]
         return self._fetcher
 
