@@ -22,6 +22,7 @@ from scans.consumers import ScanJobConsumer  # noqa: E402
 from scans.relay import relay_of_this_loop  # noqa: E402
 from scans.routing import websocket_urlpatterns  # noqa: E402
 from scans.runner import SCAN_JOBS, get_runner  # noqa: E402
+from scans.startup import keep_startup_objects_out_of_collections  # noqa: E402
 
 # Built now, not by the first form's wake-up: importing channels-redis took 38 ms of that POST.
 get_channel_layer()
@@ -36,6 +37,8 @@ router = ProtocolTypeRouter(
         "channel": ChannelNameRouter({SCAN_JOBS: ScanJobConsumer.as_asgi()}),
     }
 )
+
+keep_startup_objects_out_of_collections()
 
 
 async def application(scope: dict, receive, send) -> None:
