@@ -38,6 +38,8 @@ router = ProtocolTypeRouter(
     }
 )
 
+# Daphne and `runworker` (through ASGI_APPLICATION) both load this module. Not to be imported
+# into a test's own process: what the suite had made by then would never be collected.
 keep_startup_objects_out_of_collections()
 
 

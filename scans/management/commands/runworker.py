@@ -18,7 +18,6 @@ from channels.management.commands import runworker
 from channels.worker import Worker
 
 from scans.runner import get_runner
-from scans.startup import keep_startup_objects_out_of_collections
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,6 @@ RELISTEN_S = 2.0
 
 class ScanWorker(Worker):
     async def handle(self) -> None:
-        keep_startup_objects_out_of_collections()
         runner = get_runner()
         runner.ensure_started()
         stop = asyncio.Event()
