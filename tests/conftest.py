@@ -92,6 +92,20 @@ def project_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def django_code(env: dict[str, str], code: str, *args: object, timeout_s: float = 60) -> str:
+    """Runs ``code`` in a fresh Django process with ``env``; returns what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def migrate(env: dict[str, str]) -> None:
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True

@@ -21,7 +21,7 @@ from django.utils import timezone
 from scans import store
 from scans.fetch import Fetched
 from scans.models import Result, Scan, ScanWorker
-from tests.conftest import ROOT, migrate, project_env
+from tests.conftest import ROOT, django_code, migrate, project_env
 
 WAIT_S = 60
 
@@ -105,20 +105,6 @@ from scans.models import Result
 rows = Result.objects.filter(scan_id=sys.argv[1]).values_list("id", "claimed_by", "attempts")
 print(json.dumps(list(rows)))
 """
-
-
-def django_code(env: dict[str, str], code: str, *args: object) -> str:
-    """Runs ``code`` in a fresh Django process with ``env``; returns what it printed."""
-    done = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

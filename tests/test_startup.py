@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import django_code, project_env
 
 
-def frozen_after(statement: str) -> tuple[int, int]:
+def frozen_after(tmp_path, statement: str) -> tuple[int, int]:
     code = f"import gc; {statement}; print(gc.get_freeze_count(), len(gc.get_objects()))"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "scraperproj.settings"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    frozen, left = done.stdout.split()
+    frozen, left = django_code(project_env(tmp_path), code).split()
     return int(frozen), int(left)
 
 
-def test_loading_the_web_application_freezes_what_django_and_the_project_made():
+def test_loading_the_web_application_freezes_what_django_and_the_project_made(tmp_path):
     # Django, Channels and the project make well over 50,000 objects as daphne loads them;
     # the few made after the freeze (the print's own) are all a full collection walks.
-    frozen, left = frozen_after("import scraperproj.asgi")
+    frozen, left = frozen_after(tmp_path, "import scraperproj.asgi")
     assert frozen > 50_000 and left < 100
-    frozen, left = frozen_after("import django; django.setup()")
+    frozen, left = frozen_after(tmp_path, "import django; django.setup()")
     assert frozen == 0 and left > 50_000
